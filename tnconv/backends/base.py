@@ -1,0 +1,30 @@
+"""What a backend returns: a plan that contracts arrays given as leg-name tuples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Plan:
+    """An executable contraction for fixed shapes.
+
+    Attributes:
+        run: ``run(*arrays) -> tensor`` with the output legs in order.
+        equation: the einsum equation (letters only exist here).
+        flops: estimated floating point operations of the contraction.
+        largest_intermediate: number of elements of the largest intermediate.
+        path: the pairwise contraction path, as positions (opt_einsum's format).
+        slices: how many slices the contraction is split into (1: none).
+    """
+
+    run: Callable
+    equation: str
+    flops: float
+    largest_intermediate: int
+    path: tuple = ()
+    slices: int = 1
+
+    def __call__(self, *arrays):
+        return self.run(*arrays)

@@ -1,0 +1,220 @@
+"""Immutable tensor networks and sums of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Dict, Tuple
+
+import sympy
+
+from .index import Index, Size, as_size, product
+from .tensor import Axis, Tensor
+
+
+def _as_scale(scale):
+    scale = sympy.nsimplify(scale) if not isinstance(scale, sympy.Basic) else scale
+    return sympy.sympify(scale)
+
+
+@dataclass(frozen=True)
+class TensorNetwork:
+    """A contraction of tensors: ``scale * Σ_{summed legs} Π tensors``.
+
+    Legs that appear in ``output`` stay open, every other leg is summed. The
+    output's axes may group legs, e.g. ``(g c_out)``.
+
+    Example:
+        >>> a, b, c = Index("a", 2), Index("b", 3), Index("c", 4)
+        >>> tn = TensorNetwork((Tensor("A", (a, b)), Tensor("B", (b, c))), output=((a,), (c,)))
+        >>> tn.inputs
+        ('A', 'B')
+    """
+
+    tensors: Tuple[Tensor, ...]
+    output: Tuple[Axis, ...]
+    scale: sympy.Expr = sympy.Integer(1)
+    name: str = "tn"
+
+    def __post_init__(self):
+        object.__setattr__(self, "tensors", tuple(self.tensors))
+        output = tuple(tuple(a) if isinstance(a, (tuple, list)) else (a,) for a in self.output)
+        object.__setattr__(self, "output", output)
+        object.__setattr__(self, "scale", _as_scale(self.scale))
+
+    # -- structure ---------------------------------------------------------
+    @property
+    def output_legs(self) -> Tuple[Index, ...]:
+        return tuple(leg for axis in self.output for leg in axis)
+
+    @property
+    def output_shape(self) -> Tuple[Size, ...]:
+        return tuple(product(leg.size for leg in axis) for axis in self.output)
+
+    @property
+    def legs(self) -> Dict[str, Index]:
+        """Every leg by name, in order of first appearance (tensors, then output)."""
+        found: Dict[str, Index] = {}
+        for tensor in self.tensors:
+            for leg in tensor.legs:
+                found.setdefault(leg.name, leg)
+        for leg in self.output_legs:
+            found.setdefault(leg.name, leg)
+        return found
+
+    @property
+    def inputs(self) -> Tuple[str, ...]:
+        """Names of the input tensors, in order of first appearance."""
+        return tuple(dict.fromkeys(t.name for t in self.tensors if t.kind == "input"))
+
+    def input_shapes(self) -> Dict[str, Tuple[Size, ...]]:
+        return {t.name: t.shape for t in reversed(self.tensors) if t.kind == "input"}
+
+    def occurrences(self, name: str) -> Tuple[int, ...]:
+        """Positions of the input nodes called ``name``."""
+        return tuple(n for n, t in enumerate(self.tensors) if t.name == name and t.kind == "input")
+
+    @property
+    def size_symbols(self) -> Tuple[sympy.Symbol, ...]:
+        symbols = set()
+        for leg in self.legs.values():
+            if isinstance(leg.size, sympy.Basic):
+                symbols |= leg.size.free_symbols
+        if isinstance(self.scale, sympy.Basic):
+            symbols |= self.scale.free_symbols
+        return tuple(sorted(symbols, key=str))
+
+    @property
+    def terms(self) -> Tuple["TensorNetwork", ...]:
+        return (self,)
+
+    # -- edits (all return new networks) -----------------------------------
+    def replace(self, **changes) -> "TensorNetwork":
+        return replace(self, **changes)
+
+    def rename_legs(self, mapping: Dict[str, Index]) -> "TensorNetwork":
+        """Replace legs by name everywhere, output included."""
+        tensors = tuple(t.rename_legs(mapping) for t in self.tensors)
+        output = tuple(tuple(mapping.get(leg.name, leg) for leg in axis) for axis in self.output)
+        return replace(self, tensors=tensors, output=output)
+
+    def fresh_name(self, base: str, taken=()) -> str:
+        """A leg name starting with ``base`` that is not used yet."""
+        used = set(self.legs) | set(taken)
+        if base not in used:
+            return base
+        n = 1
+        while f"{base}_{n}" in used:
+            n += 1
+        return f"{base}_{n}"
+
+    # -- views ---------------------------------------------------------------
+    def to_text(self) -> str:
+        from .text import network_to_text
+
+        return network_to_text(self)
+
+    @staticmethod
+    def from_text(text: str) -> "TensorNetwork | NetworkSum":
+        """Parse the output of :meth:`to_text` (a network or a sum)."""
+        from .text import parse
+
+        return parse(text)
+
+    def to_dot(self) -> str:
+        from .draw import to_dot
+
+        return to_dot(self)
+
+    def to_networkx(self):
+        from .draw import to_networkx
+
+        return to_networkx(self)
+
+    def check(self) -> "TensorNetwork":
+        from .check import check
+
+        check(self)
+        return self
+
+    def __str__(self):
+        return self.to_text()
+
+
+@dataclass(frozen=True)
+class NetworkSum:
+    """A sum of networks with the same output, e.g. from the product rule.
+
+    Example:
+        >>> a = Index("a", 2)
+        >>> s = NetworkSum((TensorNetwork((Tensor("u", (a,)),), ((a,),)),
+        ...                 TensorNetwork((Tensor("v", (a,)),), ((a,),))))
+        >>> s.inputs
+        ('u', 'v')
+    """
+
+    terms: Tuple[TensorNetwork, ...]
+    name: str = "sum"
+
+    def __post_init__(self):
+        terms = []
+        for term in self.terms:
+            terms.extend(term.terms)
+        if not terms:
+            raise ValueError("a NetworkSum needs at least one term")
+        object.__setattr__(self, "terms", tuple(terms))
+
+    @property
+    def output(self):
+        return self.terms[0].output
+
+    @property
+    def output_shape(self):
+        return self.terms[0].output_shape
+
+    @property
+    def output_legs(self):
+        return self.terms[0].output_legs
+
+    @property
+    def inputs(self) -> Tuple[str, ...]:
+        return tuple(dict.fromkeys(name for term in self.terms for name in term.inputs))
+
+    def input_shapes(self):
+        shapes = {}
+        for term in reversed(self.terms):
+            shapes.update(term.input_shapes())
+        return shapes
+
+    @property
+    def size_symbols(self):
+        return tuple(sorted({s for t in self.terms for s in t.size_symbols}, key=str))
+
+    def to_text(self) -> str:
+        from .text import network_to_text
+
+        return network_to_text(self)
+
+    from_text = staticmethod(TensorNetwork.from_text)
+
+    def to_dot(self) -> str:
+        from .draw import to_dot
+
+        return to_dot(self)
+
+    def to_networkx(self):
+        from .draw import to_networkx
+
+        return to_networkx(self)
+
+    def check(self) -> "NetworkSum":
+        from .check import check
+
+        check(self)
+        return self
+
+    def __str__(self):
+        return self.to_text()
+
+
+def simplify_size(size: Size) -> Size:
+    return as_size(sympy.simplify(size)) if isinstance(size, sympy.Basic) else size

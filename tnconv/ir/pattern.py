@@ -1,0 +1,70 @@
+"""The index pattern Π(I, K, S, P, D) of a convolution along one dimension.
+
+``Π[i, o, k] = 1`` iff ``i == k*D + o*S - P_left`` (0-based). Padding is given
+as separate left and right amounts because PyTorch's ``'same'`` puts the odd
+remainder on the right.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import sympy
+import torch
+
+from .index import Size
+
+
+def output_size(I: Size, K: int, S: int, pad_left: int, pad_right: int, D: int) -> Size:
+    """Spatial output size ``1 + floor((I + P_l + P_r - D (K - 1) - 1) / S)``.
+
+    Works on ints and on sympy expressions of the input size.
+
+    Example:
+        >>> output_size(5, 3, 2, 1, 1, 1)
+        3
+    """
+    span = I + pad_left + pad_right - D * (K - 1) - 1
+    if isinstance(span, int):
+        return span // S + 1
+    return sympy.floor(span / S) + 1
+
+
+def transpose_input_size(I: Size, K: int, S: int, pad_left: int, pad_right: int, D: int, output_padding: int) -> Size:
+    """Output size of a transpose convolution, the conv-input size whose output is ``I``."""
+    return (I - 1) * S - pad_left - pad_right + D * (K - 1) + output_padding + 1
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 256
+_LOCK = threading.Lock()
+
+
+def pattern_tensor(I: int, O: int, K: int, S: int, pad_left: int, D: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Materialize Π as a ``[I, O, K]`` tensor of zeros and ones (cached).
+
+    Example:
+        >>> pattern_tensor(3, 1, 3, 1, 0, 1)[:, 0, :]
+        tensor([[1., 0., 0.],
+                [0., 1., 0.],
+                [0., 0., 1.]])
+    """
+    key = (I, O, K, S, pad_left, D, dtype, torch.device(device))
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
+    o = torch.arange(O, device=device).view(O, 1)
+    k = torch.arange(K, device=device).view(1, K)
+    i = k * D + o * S - pad_left
+    pattern = torch.zeros(I, O, K, dtype=dtype, device=device)
+    valid = (i >= 0) & (i < I)
+    oo, kk = torch.nonzero(valid, as_tuple=True)
+    pattern[i[valid], oo, kk] = 1
+    with _LOCK:
+        _CACHE[key] = pattern
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return pattern
