@@ -45,7 +45,11 @@ def bind(tn, shapes: dict) -> dict:
             free = value.free_symbols
             if len(free) == 1:
                 symbol = next(iter(free))
-                solutions = [s for s in sympy.solve(sympy.Eq(value, dim), symbol) if s.is_Integer and s >= 0]
+                try:
+                    solutions = [s for s in sympy.solve(sympy.Eq(value, dim), symbol) if s.is_Integer and s >= 0]
+                except NotImplementedError:  # e.g. floor(): the size does not determine the symbol
+                    left.append((expr, dim, name, axis, legs))
+                    continue
                 if not solutions:
                     raise ShapeError(f"{name} has size {dim} along dimension {axis} {_legs(legs)}, which does not fit {value}")
                 known[symbol] = int(solutions[0])
@@ -53,7 +57,8 @@ def bind(tn, shapes: dict) -> dict:
             left.append((expr, dim, name, axis, legs))
         if len(left) == len(pending):
             names = sorted({str(s) for e, *_ in left for s in _value(e, known).free_symbols})
-            raise ShapeError(f"cannot determine the sizes {names} from the tensors' shapes")
+            raise ShapeError(f"cannot determine the sizes {names} from the tensors' shapes; "
+                             "fix them in the diagram (e.g. its input_size argument)")
         pending = left
     missing = [s for s in tn.size_symbols if s not in known]
     if missing:

@@ -16,17 +16,15 @@ def _batch():
     return Index("n", size_symbol("B"))
 
 
-def _bias_term(name, out_channels, output, extra_legs):
-    """``b`` broadcast over batch and space with vectors of ones."""
-    ones = tuple(Tensor(f"ones_{leg.name}", ((leg,),), "constant", (("value", 1),)) for leg in extra_legs)
-    return TensorNetwork((Tensor("b", (out_channels,)),) + ones, output, name=f"{name}_bias")
-
-
-def conv(N, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=False) -> TensorNetwork | NetworkSum:
+def conv(N, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=False, input_size=None, batch=True) -> TensorNetwork | NetworkSum:
     """Diagram of an N-d convolution ``y = conv(x, w) (+ b)``.
 
     Inputs ``x`` ``[B, C_in, *I]``, ``w`` ``[C_out, C_in/G, *K]`` and, with
-    ``bias=True``, ``b`` ``[C_out]``; output ``[B, C_out, *O]``.
+    ``bias=True``, ``b`` ``[C_out]``; output ``[B, C_out, *O]``. The spatial
+    input size ``I`` is bound from ``x`` unless ``input_size`` fixes it (the
+    input VJP needs that: several ``I`` give the same ``O``). With
+    ``batch=False`` the diagram has no batch leg (``x`` is ``[C_in, *I]``);
+    the batched diagram is that one after :func:`tnconv.passes.batch`.
 
     Example:
         >>> tn = conv(N=2, kernel_size=3, padding=1)
@@ -37,19 +35,30 @@ def conv(N, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=False) 
     """
     spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
     G = spec.groups
-    n = _batch()
     cin, cout = channel_legs("c_in", "C_in", G), channel_legs("c_out", "C_out", G)
-    dims = [spatial(spec, d) for d in range(spec.N)]
-    x = Tensor("x", ((n,), cin) + tuple((i,) for i, _, _, _ in dims))
+    if input_size is not None:
+        input_size = ntuple(input_size, spec.N, "input_size")
+    dims = [spatial(spec, d, input_size) for d in range(spec.N)]
+    x = Tensor("x", (cin,) + tuple((i,) for i, _, _, _ in dims))
     w = Tensor("w", (cout, (cin[-1],)) + tuple((k,) for _, _, k, _ in dims))
-    output = ((n,), cout) + tuple((o,) for _, o, _, _ in dims)
+    output = (cout,) + tuple((o,) for _, o, _, _ in dims)
     tn = TensorNetwork((x,) + tuple(p for *_, p in dims) + (w,), output, name=f"conv{spec.N}d")
-    if not bias:
-        return tn
-    return NetworkSum((tn, _bias_term(tn.name, cout, output, (n,) + tuple(o for _, o, _, _ in dims))), tn.name)
+    return _finish(tn, bias, cout, output, [o for _, o, _, _ in dims], batch)
 
 
-def conv_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1, bias=False):
+def _finish(tn, bias, cout, output, spatial_out, batched):
+    """Add the bias term (broadcast with vectors of ones) and the batch leg."""
+    if bias:
+        ones = tuple(Tensor(f"ones_{o.name}", ((o,),), "constant", (("value", 1),)) for o in spatial_out)
+        tn = NetworkSum((tn, TensorNetwork((Tensor("b", (cout,)),) + ones, output, name=f"{tn.name}_bias")), tn.name)
+    if batched:
+        from ..passes.batching import batch
+
+        tn = batch(tn, "n", "B", ["x"])
+    return tn
+
+
+def conv_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1, bias=False, batch=True):
     """Diagram of an N-d transpose convolution (the input VJP of a convolution).
 
     Inputs ``x`` ``[B, C_in, *I]``, ``w`` ``[C_in, C_out/G, *K]`` (PyTorch's
@@ -65,16 +74,13 @@ def conv_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilati
             raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
                              f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
     G = spec.groups
-    n = _batch()
     cin, cout = channel_legs("c_in", "C_in", G), channel_legs("c_out", "C_out", G)
     dims = [transpose_spatial(spec, d, output_padding) for d in range(spec.N)]
-    x = Tensor("x", ((n,), cin) + tuple((i,) for i, _, _, _ in dims))
+    x = Tensor("x", (cin,) + tuple((i,) for i, _, _, _ in dims))
     w = Tensor("w", (cin, (cout[-1],)) + tuple((k,) for _, _, k, _ in dims))
-    output = ((n,), cout) + tuple((o,) for _, o, _, _ in dims)
+    output = (cout,) + tuple((o,) for _, o, _, _ in dims)
     tn = TensorNetwork((x,) + tuple(p for *_, p in dims) + (w,), output, name=f"conv_transpose{spec.N}d")
-    if not bias:
-        return tn
-    return NetworkSum((tn, _bias_term(tn.name, cout, output, (n,) + tuple(o for _, o, _, _ in dims))), tn.name)
+    return _finish(tn, bias, cout, output, [o for _, o, _, _ in dims], batch)
 
 
 def unfold(N, kernel_size, dilation=1, padding=0, stride=1) -> TensorNetwork:

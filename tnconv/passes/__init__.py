@@ -1,5 +1,15 @@
-"""Passes: pure functions from networks to networks, and the pipeline running them."""
+"""Passes: pure functions from networks to networks, and the pipeline running them.
 
+Whole-graph edits (cutting a tensor out, adding a batch leg, wiring in a
+vector) are plain functions; local rewrites are registered under a name so
+that ``compile(..., passes=[...])`` and the pipeline can find them.
+"""
+
+from .batching import batch
+from .cut import differentiate
+from .deltas import drop_ones, fuse_deltas
 from .pipeline import DEFAULT_PIPELINE, PASSES, get_pass, register, run_pipeline
+from .products import jvp, vjp
 
-__all__ = ["PASSES", "DEFAULT_PIPELINE", "register", "get_pass", "run_pipeline"]
+__all__ = ["differentiate", "vjp", "jvp", "batch", "fuse_deltas", "drop_ones",
+           "PASSES", "DEFAULT_PIPELINE", "register", "get_pass", "run_pipeline"]

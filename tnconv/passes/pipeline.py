@@ -10,7 +10,7 @@ from ..ir import check
 PASSES: Dict[str, Callable] = {}
 
 #: The passes ``compile(..., passes="default")`` runs, in order.
-DEFAULT_PIPELINE = ()
+DEFAULT_PIPELINE = ("fuse_deltas", "drop_ones")
 
 
 def register(name: str):
