@@ -46,6 +46,15 @@ def conv(N, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=False, 
     return _finish(tn, bias, cout, output, [o for _, o, _, _ in dims], batch)
 
 
+def _output_padding(output_padding, spec):
+    output_padding = ntuple(output_padding, spec.N, "output_padding", minimum=0)
+    for op, s, d in zip(output_padding, spec.stride, spec.dilation):
+        if op >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                             f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
+    return output_padding
+
+
 def _finish(tn, bias, cout, output, spatial_out, batched):
     """Add the bias term (broadcast with vectors of ones) and the batch leg."""
     if bias:
@@ -68,11 +77,7 @@ def conv_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilati
     if isinstance(padding, str):
         raise ValueError(f"padding must be an int or a tuple for a transpose convolution, got {padding!r}")
     spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
-    output_padding = ntuple(output_padding, spec.N, "output_padding", minimum=0)
-    for op, s, d in zip(output_padding, spec.stride, spec.dilation):
-        if op >= max(s, d):
-            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
-                             f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
+    output_padding = _output_padding(output_padding, spec)
     G = spec.groups
     cin, cout = channel_legs("c_in", "C_in", G), channel_legs("c_out", "C_out", G)
     dims = [transpose_spatial(spec, d, output_padding) for d in range(spec.N)]
@@ -83,14 +88,24 @@ def conv_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilati
     return _finish(tn, bias, cout, output, [o for _, o, _, _ in dims], batch)
 
 
-def unfold(N, kernel_size, dilation=1, padding=0, stride=1) -> TensorNetwork:
-    """Diagram of im2col: ``x`` ``[B, C, *I]`` to ``[B, C*K1*..*KN, O1*..*ON]``."""
-    spec = ConvSpec.make(N, kernel_size, stride, padding, dilation)
-    n, c = _batch(), Index("c", size_symbol("C"))
+def unfold(N, kernel_size, dilation=1, padding=0, stride=1, groups=1, batch=True) -> TensorNetwork:
+    """Diagram of im2col: ``x`` ``[B, C, *I]`` to ``[B, C*K1*..*KN, O1*..*ON]``.
+
+    ``groups`` splits the channel leg into ``(g c)`` (same values, more
+    structure for the Kronecker factors of grouped convolutions); with
+    ``batch=False`` there is no batch leg.
+
+    Example:
+        >>> unfold(N=2, kernel_size=3).output_shape
+        (B, 9*C, (I1 - 2)*(I2 - 2))
+    """
+    spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
+    c = channel_legs("c", "C", spec.groups)
     dims = [spatial(spec, d) for d in range(spec.N)]
-    x = Tensor("x", ((n,), (c,)) + tuple((i,) for i, _, _, _ in dims))
-    output = ((n,), (c,) + tuple(k for *_, k, _ in dims), tuple(o for _, o, _, _ in dims))
-    return TensorNetwork((x,) + tuple(p for *_, p in dims), output, name=f"unfold{spec.N}d")
+    x = Tensor("x", (c,) + tuple((i,) for i, _, _, _ in dims))
+    output = (c + tuple(k for *_, k, _ in dims), tuple(o for _, o, _, _ in dims))
+    tn = TensorNetwork((x,) + tuple(p for *_, p in dims), output, name=f"unfold{spec.N}d")
+    return _finish(tn, False, None, output, (), batch)
 
 
 def fold(N, output_size, kernel_size, dilation=1, padding=0, stride=1) -> TensorNetwork:
@@ -127,7 +142,7 @@ def unfold_kernel(N, kernel_size, input_size, stride=1, padding=0, dilation=1, g
     return TensorNetwork(tensors, (rows, cols), name=f"unfold_kernel{spec.N}d")
 
 
-def unfold_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1) -> TensorNetwork:
+def unfold_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1, batch=True) -> TensorNetwork:
     """Diagram of the unfolded input of a transpose convolution, ``[B, C*K, O]``.
 
     ``conv_transpose(x, w).flatten(2) == w.transpose(0, 1).flatten(1) @ unfold_transpose(x)``
@@ -135,14 +150,11 @@ def unfold_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dila
     """
     if isinstance(padding, str):
         raise ValueError(f"padding must be an int or a tuple for a transpose convolution, got {padding!r}")
-    spec = ConvSpec.make(N, kernel_size, stride, padding, dilation)
-    output_padding = ntuple(output_padding, spec.N, "output_padding", minimum=0)
-    for op, s, d in zip(output_padding, spec.stride, spec.dilation):
-        if op >= max(s, d):
-            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
-                             f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
-    n, c = _batch(), Index("c", size_symbol("C"))
+    spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
+    output_padding = _output_padding(output_padding, spec)
+    c = channel_legs("c", "C", groups)
     dims = [transpose_spatial(spec, d, output_padding) for d in range(spec.N)]
-    x = Tensor("x", ((n,), (c,)) + tuple((i,) for i, _, _, _ in dims))
-    output = ((n,), (c,) + tuple(k for *_, k, _ in dims), tuple(o for _, o, _, _ in dims))
-    return TensorNetwork((x,) + tuple(p for *_, p in dims), output, name=f"unfold_transpose{spec.N}d")
+    x = Tensor("x", (c,) + tuple((i,) for i, _, _, _ in dims))
+    output = (c + tuple(k for *_, k, _ in dims), tuple(o for _, o, _, _ in dims))
+    tn = TensorNetwork((x,) + tuple(p for *_, p in dims), output, name=f"unfold_transpose{spec.N}d")
+    return _finish(tn, False, None, output, (), batch)

@@ -6,6 +6,10 @@ its arguments before contracting anything, and compiles its diagram once per
 hyper-parameters; the compiled network caches one plan per shape.
 """
 
+from .autodiff import input_jvp, input_vjp, per_sample_weight_grad, weight_jvp, weight_vjp
+from .curvature import ggn_diagonal, ggn_gram, kfac_reduce, kfac_reduce_transpose, kfc, kfc_transpose
 from .forward import conv, conv_transpose, fold, unfold, unfold_kernel, unfold_transpose
 
-__all__ = ["conv", "conv_transpose", "unfold", "fold", "unfold_kernel", "unfold_transpose"]
+__all__ = ["conv", "conv_transpose", "unfold", "fold", "unfold_kernel", "unfold_transpose",
+           "weight_vjp", "input_vjp", "weight_jvp", "input_jvp", "per_sample_weight_grad",
+           "kfc", "kfac_reduce", "kfc_transpose", "kfac_reduce_transpose", "ggn_diagonal", "ggn_gram"]

@@ -62,3 +62,35 @@ def _check_bias(bias, channels, x):
     check_same(x, "x", bias, "bias")
     if bias.shape[0] != channels:
         raise ValueError(f"bias must have shape ({channels},), got {tuple(bias.shape)}")
+
+
+def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups, x_name="x", weight_name="weight"):
+    """Validate a convolution's shapes and hyper-parameters; return ``(N, spec, output spatial size)``.
+
+    ``x_shape`` is ``[B, C_in, *I]`` and ``weight_shape`` ``[C_out, C_in/groups, *K]``.
+    """
+    _check_groups(groups)
+    if len(weight_shape) < 3:
+        raise ValueError(f"{weight_name} must have at least 3 dimensions ([C_out, C_in/groups, *K]), got {tuple(weight_shape)}")
+    if len(x_shape) != len(weight_shape):
+        raise ValueError(f"{x_name} must have {len(weight_shape)} dimensions ([B, C_in, *spatial]) to match "
+                         f"{weight_name} {tuple(weight_shape)}, got {tuple(x_shape)}")
+    N = len(weight_shape) - 2
+    C_in, C_out = x_shape[1], weight_shape[0]
+    if C_out % groups:
+        raise ValueError(f"groups={groups} must divide the output channels {weight_name}[0]={C_out}")
+    if C_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels {x_name}[1]={C_in}")
+    if weight_shape[1] * groups != C_in:
+        raise ValueError(f"{x_name} has {C_in} channels, but {weight_name} {tuple(weight_shape)} with groups={groups} "
+                         f"expects {weight_shape[1] * groups}")
+    spec = ConvSpec.make(N, tuple(weight_shape[2:]), stride, padding, dilation, groups)
+    return N, spec, _check_output(spec, tuple(x_shape[2:]), x_name)
+
+
+def check_grad_output(grad_output, expected, x, name="grad_output"):
+    """``grad_output`` must be a tensor of shape ``expected`` like ``x``."""
+    check_tensor(grad_output, name)
+    check_same(x, "x" if name != "x" else "weight", grad_output, name)
+    if tuple(grad_output.shape) != tuple(expected):
+        raise ValueError(f"{name} must have the convolution's output shape {tuple(expected)}, got {tuple(grad_output.shape)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._args import ConvSpec, check_same, check_tensor, ntuple
-from ._common import _batched, _check_bias, _check_groups, _check_output, _freeze, compiled
+from ._common import _batched, _check_bias, _check_groups, _check_output, _freeze, compiled, conv_geometry
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -37,18 +37,8 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
     check_tensor(x, "x")
     x, squeeze = _batched(x, weight.ndim)
     check_same(x, "x", weight, "weight")
-    _check_groups(groups)
-    N = weight.ndim - 2
-    C_in, C_out = x.shape[1], weight.shape[0]
-    if C_out % groups:
-        raise ValueError(f"groups={groups} must divide the output channels weight.shape[0]={C_out}")
-    if C_in % groups:
-        raise ValueError(f"groups={groups} must divide the input channels x.shape[1]={C_in}")
-    if weight.shape[1] * groups != C_in:
-        raise ValueError(f"x has {C_in} channels, but weight {tuple(weight.shape)} with groups={groups} "
-                         f"expects {weight.shape[1] * groups}")
-    spec = ConvSpec.make(N, tuple(weight.shape[2:]), stride, padding, dilation, groups)
-    _check_output(spec, x.shape[2:])
+    N, spec, _ = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    C_out = weight.shape[0]
     _check_bias(bias, C_out, x)
     fn = compiled("conv", N=N, groups=groups, bias=bias is not None, **_freeze(spec))
     y = fn(x=x, w=weight, b=bias) if bias is not None else fn(x=x, w=weight)
@@ -137,7 +127,7 @@ def fold(x, output_size, kernel_size, dilation=1, padding=0, stride=1) -> torch.
 
     Example:
         >>> x = torch.randn(2, 3 * 4, 9)
-        >>> torch.allclose(fold(x, (4, 4), 2), torch.nn.functional.fold(x, (4, 4), 2))
+        >>> torch.allclose(fold(x, (4, 4), 2), torch.nn.functional.fold(x, (4, 4), 2), atol=1e-6)
         True
     """
     check_tensor(x, "x", ndim=3)

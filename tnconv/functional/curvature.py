@@ -1,0 +1,155 @@
+"""Kronecker factors and GGN quantities of a convolution, compiled from derived diagrams.
+
+Scaling conventions are documented in :mod:`tnconv.diagrams.curvature`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._args import ConvSpec, check_size, check_tensor, ntuple
+from ._common import _check_groups, _check_output, _freeze, check_grad_output, compiled, conv_geometry
+
+
+def _factor_spec(x, kernel_size, stride, padding, dilation, groups):
+    check_tensor(x, "x", min_ndim=3)
+    _check_groups(groups)
+    if x.shape[1] % groups:
+        raise ValueError(f"groups={groups} must divide the input channels x.shape[1]={x.shape[1]}")
+    spec = ConvSpec.make(x.ndim - 2, kernel_size, stride, padding, dilation, groups)
+    return spec
+
+
+def kfc(x, kernel_size, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """KFC (KFAC-expand) input factor ``1/B Σ_b [[X_b]] [[X_b]]ᵀ``, shape ``[G, C_in/G·K, C_in/G·K]``.
+
+    ``[[X_b]]`` is sample ``b``'s unfolded input (im2col) restricted to channel
+    group ``g``: the sum runs over the batch and all output positions. The
+    unfolded input is never materialized.
+
+    Args:
+        x: ``[B, C_in, *I]``.
+        kernel_size, stride, padding, dilation, groups: the convolution's hyper-parameters.
+
+    Example:
+        >>> x = torch.randn(4, 3, 8, 8)
+        >>> u = torch.nn.functional.unfold(x, 3)
+        >>> torch.allclose(kfc(x, 3)[0], torch.einsum("bio,bjo->ij", u, u) / 4, atol=1e-4)
+        True
+    """
+    spec = _factor_spec(x, kernel_size, stride, padding, dilation, groups)
+    _check_output(spec, x.shape[2:])
+    return compiled("kfc", N=spec.N, groups=groups, **_freeze(spec))(x=x)
+
+
+def kfac_reduce(x, kernel_size, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """KFAC-reduce input factor ``1/(B·O²) Σ_b ([[X_b]] 1)([[X_b]] 1)ᵀ``, same shape as :func:`kfc`.
+
+    ``O = O1·..·ON`` is the number of output positions; ``[[X_b]] 1 / O`` is
+    the average patch of sample ``b``.
+
+    Example:
+        >>> x = torch.randn(4, 3, 8, 8)
+        >>> m = torch.nn.functional.unfold(x, 3).mean(-1)
+        >>> torch.allclose(kfac_reduce(x, 3)[0], m.T @ m / 4, atol=1e-5)
+        True
+    """
+    spec = _factor_spec(x, kernel_size, stride, padding, dilation, groups)
+    _check_output(spec, x.shape[2:])
+    return compiled("kfac_reduce", N=spec.N, groups=groups, **_freeze(spec))(x=x)
+
+
+def _transpose_spec(x, kernel_size, stride, padding, output_padding, dilation, groups):
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int or a tuple for a transpose convolution, got {padding!r}")
+    spec = _factor_spec(x, kernel_size, stride, padding, dilation, groups)
+    output_padding = ntuple(output_padding, spec.N, "output_padding", minimum=0)
+    for op, s, d in zip(output_padding, spec.stride, spec.dilation):
+        if op >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                             f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
+    for d, I in enumerate(x.shape[2:]):
+        K, S, (pl, pr), D = spec.kernel_size[d], spec.stride[d], spec.padding[d], spec.dilation[d]
+        if (I - 1) * S - pl - pr + D * (K - 1) + output_padding[d] + 1 < 1:
+            raise ValueError(f"padding {spec.padding} is too large: the transpose convolution's output would be "
+                             f"empty along spatial dimension {d}")
+    return spec, output_padding
+
+
+def kfc_transpose(x, kernel_size, stride=1, padding=0, output_padding=0, groups=1, dilation=1) -> torch.Tensor:
+    """KFC input factor of a transpose convolution, ``[G, C_in/G·K, C_in/G·K]``.
+
+    Like :func:`kfc` with the unfolded input of the transpose convolution
+    (:func:`~tnconv.functional.unfold_transpose`) in place of ``[[X]]``.
+    Arguments follow ``torch.nn.functional.conv_transpose*d``.
+
+    Example:
+        >>> x = torch.randn(2, 3, 5)
+        >>> kfc_transpose(x, 2, stride=2).shape
+        torch.Size([1, 6, 6])
+    """
+    spec, op = _transpose_spec(x, kernel_size, stride, padding, output_padding, dilation, groups)
+    return compiled("kfc_transpose", N=spec.N, groups=groups, output_padding=op, **_freeze(spec))(x=x)
+
+
+def kfac_reduce_transpose(x, kernel_size, stride=1, padding=0, output_padding=0, groups=1, dilation=1) -> torch.Tensor:
+    """KFAC-reduce input factor of a transpose convolution, ``[G, C_in/G·K, C_in/G·K]``.
+
+    Example:
+        >>> x = torch.randn(2, 4, 5)
+        >>> kfac_reduce_transpose(x, 3, groups=2).shape
+        torch.Size([2, 6, 6])
+    """
+    spec, op = _transpose_spec(x, kernel_size, stride, padding, output_padding, dilation, groups)
+    return compiled("kfac_reduce_transpose", N=spec.N, groups=groups, output_padding=op, **_freeze(spec))(x=x)
+
+
+def _ggn_args(x, weight_size, sqrt_ggn, stride, padding, dilation, groups):
+    check_tensor(x, "x", min_ndim=3)
+    weight_size = check_size(weight_size, "weight_size", x.ndim)
+    N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
+    check_tensor(sqrt_ggn, "sqrt_ggn")
+    if sqrt_ggn.ndim != x.ndim + 1:
+        raise ValueError(f"sqrt_ggn must have shape [V, B, C_out, *O] = [V, {x.shape[0]}, {weight_size[0]}, "
+                         f"{', '.join(map(str, O))}], got {tuple(sqrt_ggn.shape)}")
+    check_grad_output(sqrt_ggn, (sqrt_ggn.shape[0], x.shape[0], weight_size[0]) + O, x, "sqrt_ggn")
+    return dict(N=N, groups=spec.groups, **_freeze(spec))
+
+
+def ggn_diagonal(x, weight_size, sqrt_ggn, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """Diagonal of the GGN for the weight, ``Σ_v Σ_b (J_Wᵀ s_vb)²``, shape ``weight_size``.
+
+    ``J_W`` is the Jacobian of sample ``b``'s convolution output with respect
+    to the weight and ``s_vb = sqrt_ggn[v, b]`` a backpropagated column of a
+    symmetric factorization ``Σ_v s_v s_vᵀ`` of the loss Hessian (as in BackPACK's
+    ``DiagGGN``).
+
+    Args:
+        x: ``[B, C_in, *I]``.
+        weight_size: ``[C_out, C_in/groups, *K]``.
+        sqrt_ggn: ``[V, B, C_out, *O]``.
+
+    Example:
+        >>> x, s = torch.randn(2, 3, 6), torch.randn(5, 2, 4, 4)
+        >>> ggn_diagonal(x, (4, 3, 3), s).shape
+        torch.Size([4, 3, 3])
+    """
+    hyper = _ggn_args(x, weight_size, sqrt_ggn, stride, padding, dilation, groups)
+    return compiled("ggn_diagonal", **hyper)(x=x, sqrt_ggn=sqrt_ggn)
+
+
+def ggn_gram(x, weight_size, sqrt_ggn, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """Gram matrix ``[V·B, V·B]`` of the vectors ``J_Wᵀ s_vb`` (flattened over the weight), ``(v, b)`` row-major.
+
+    Its non-zero eigenvalues are those of the weight's GGN (ViViT's Gram trick).
+
+    Example:
+        >>> x, s = torch.randn(2, 3, 6), torch.randn(5, 2, 4, 4)
+        >>> ggn_gram(x, (4, 3, 3), s).shape
+        torch.Size([10, 10])
+    """
+    hyper = _ggn_args(x, weight_size, sqrt_ggn, stride, padding, dilation, groups)
+    return compiled("ggn_gram", **hyper)(x=x, sqrt_ggn=sqrt_ggn)
+
+
+__all__ = ["kfc", "kfac_reduce", "kfc_transpose", "kfac_reduce_transpose", "ggn_diagonal", "ggn_gram"]
