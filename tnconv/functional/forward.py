@@ -107,7 +107,7 @@ def unfold(x, kernel_size, dilation=1, padding=0, stride=1) -> torch.Tensor:
 
 def _fold_dims(*args) -> int:
     for value in args:
-        if isinstance(value, (tuple, list, torch.Size)) and len(value) > 1:
+        if isinstance(value, (tuple, list, torch.Size)) and len(value) >= 1:
             return len(value)
     return 2
 

@@ -1,0 +1,177 @@
+"""Drop-in replacements for ``torch.nn.Conv1d/2d/3d`` (and any N) backed by tnconv.
+
+The layers subclass PyTorch's, so constructor arguments, parameter names,
+initialization and ``state_dict`` are PyTorch's own; only the convolution is
+replaced: the forward pass is the compiled convolution diagram and the
+backward pass the VJP diagrams derived from it, wired in through a
+``torch.autograd.Function`` in the ``setup_context`` style so that
+``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) compose with it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.utils import _ntuple
+
+from . import functional as F
+
+
+class ConvFunction(torch.autograd.Function):
+    """``conv(x, weight, bias)`` whose backward runs tnconv's derived VJPs.
+
+    The backward pass is built from differentiable contractions, so it can be
+    differentiated again (``gradgradcheck``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, stride, padding, dilation, groups):
+        return F.conv(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.hyper = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.hyper
+        unbatched = x.ndim == weight.ndim - 1
+        if unbatched:
+            x, grad_output = x.unsqueeze(0), grad_output.unsqueeze(0)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.input_vjp(tuple(x.shape), weight, grad_output, stride, padding, dilation, groups)
+            grad_x = grad_x.squeeze(0) if unbatched else grad_x
+        if ctx.needs_input_grad[1]:
+            grad_w = F.weight_vjp(x, tuple(weight.shape), grad_output, stride, padding, dilation, groups)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_output.sum(dim=(0,) + tuple(range(2, grad_output.ndim)))
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """Convolution with tnconv's forward and backward passes (see :class:`ConvFunction`).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, requires_grad=True)
+        >>> w = torch.randn(4, 3, 3, requires_grad=True)
+        >>> conv(x, w).sum().backward()
+        >>> w.grad.shape
+        torch.Size([4, 3, 3])
+    """
+    return ConvFunction.apply(x, weight, bias, stride, padding, dilation, groups)
+
+
+class _TNConvMixin:
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv1d(_TNConvMixin, torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` computed by tnconv (same arguments, parameters and state_dict).
+
+    Example:
+        >>> layer = Conv1d(3, 4, 3, padding=1)
+        >>> layer(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 4, 8])
+    """
+
+
+class Conv2d(_TNConvMixin, torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` computed by tnconv (same arguments, parameters and state_dict).
+
+    Example:
+        >>> ref = torch.nn.Conv2d(3, 4, 3)
+        >>> layer = Conv2d(3, 4, 3)
+        >>> _ = layer.load_state_dict(ref.state_dict())
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> torch.allclose(layer(x), ref(x), atol=1e-5)
+        True
+    """
+
+
+class Conv3d(_TNConvMixin, torch.nn.Conv3d):
+    """``torch.nn.Conv3d`` computed by tnconv (same arguments, parameters and state_dict).
+
+    Example:
+        >>> Conv3d(2, 4, 3)(torch.randn(1, 2, 5, 5, 5)).shape
+        torch.Size([1, 4, 3, 3, 3])
+    """
+
+
+class ConvNd(_ConvNd):
+    """An N-d convolution layer for any ``N >= 1``, with ``torch.nn.Conv*d``'s arguments.
+
+    ``N`` is given explicitly or inferred from a tuple ``kernel_size``. The
+    parameters ``weight`` ``[C_out, C_in/groups, *K]`` and ``bias`` are
+    initialized like PyTorch's convolutions. ``padding_mode`` other than
+    ``'zeros'`` is supported for ``N <= 3`` (where ``torch.nn.functional.pad``
+    supports it).
+
+    Example:
+        >>> layer = ConvNd(2, 3, kernel_size=(2, 2, 2, 2))
+        >>> layer(torch.randn(1, 2, 4, 4, 4, 4)).shape
+        torch.Size([1, 3, 3, 3, 3, 3])
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None, N=None):
+        if N is None:
+            if not isinstance(kernel_size, (tuple, list)):
+                raise ValueError("N must be given when kernel_size is an int")
+            N = len(kernel_size)
+        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+            raise ValueError(f"N must be an int >= 1, got {N!r}")
+        if padding_mode != "zeros" and N > 3:
+            raise ValueError(f"padding_mode={padding_mode!r} is only supported for N <= 3, got N={N}")
+        as_tuple = _ntuple(N)
+        for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+            if isinstance(value, (tuple, list)) and len(value) != N:
+                raise ValueError(f"{name} must have {N} entries, got {value!r}")
+        padding_ = padding if isinstance(padding, str) else as_tuple(padding)
+        super().__init__(in_channels, out_channels, as_tuple(kernel_size), as_tuple(stride), padding_, as_tuple(dilation),
+                         False, as_tuple(0), groups, bias, padding_mode, device=device, dtype=dtype)
+        self.N = N
+
+    def _conv_forward(self, input, weight, bias):
+        return _TNConvMixin._conv_forward(self, input, weight, bias)
+
+    def forward(self, input):
+        return self._conv_forward(input, self.weight, self.bias)
+
+
+def convert(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ``torch.nn.Conv1d/2d/3d`` inside ``module`` by its tnconv twin, in place.
+
+    Weights are shared (the same ``Parameter`` objects), so optimizers and
+    state_dicts keep working. Returns ``module``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
+        >>> type(convert(net)[0]).__name__
+        'Conv2d'
+        >>> isinstance(net[0], _TNConvMixin)
+        True
+    """
+    twins = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.Conv3d: Conv3d}
+    for name, child in module.named_children():
+        twin = twins.get(type(child))
+        if twin is not None:
+            new = twin.__new__(twin)
+            new.__dict__.update(child.__dict__)
+            setattr(module, name, new)
+        else:
+            convert(child)
+    return module
+
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvNd", "ConvFunction", "conv", "convert"]
