@@ -50,15 +50,23 @@ def as_size(size) -> Size:
     raise TypeError(f"size must be an int or a sympy expression, got {type(size).__name__}")
 
 
+_FUNCTIONS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "Max": sympy.Max, "Min": sympy.Min}
+
+
+def parse_expression(text: str) -> sympy.Expr:
+    """Parse an expression of size symbols, as printed by sympy."""
+    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) - set(_FUNCTIONS)
+    local = {name: size_symbol(name) for name in names}
+    local.update(_FUNCTIONS)
+    return sympy.parse_expr(text, local_dict=local, evaluate=True)
+
+
 def parse_size(text: str) -> Size:
     """Parse a size written by :func:`format_size`."""
     text = text.strip()
     if re.fullmatch(r"\d+", text):
         return int(text)
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) - {"floor", "ceiling", "Max", "Min"}
-    local = {name: size_symbol(name) for name in names}
-    local.update(floor=sympy.floor, ceiling=sympy.ceiling, Max=sympy.Max, Min=sympy.Min)
-    return as_size(sympy.parse_expr(text, local_dict=local, evaluate=True))
+    return as_size(parse_expression(text))
 
 
 def format_size(size: Size) -> str:

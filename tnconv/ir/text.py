@@ -22,7 +22,7 @@ import re
 
 import sympy
 
-from .index import Index, format_size, parse_size
+from .index import Index, format_size, parse_expression, parse_size
 from .network import NetworkSum, TensorNetwork
 from .tensor import Tensor
 
@@ -117,10 +117,7 @@ def _parse_network(lines, pos):
 
 
 def _parse_scale(text):
-    from .index import size_symbol
-
-    names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    return sympy.parse_expr(text, local_dict={n: size_symbol(n) for n in names})
+    return parse_expression(text.strip())
 
 
 def parse(text: str):
