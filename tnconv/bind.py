@@ -16,10 +16,12 @@ def _value(expr, known):
     return int(value) if value.is_Integer else value
 
 
-def bind(tn, shapes: dict) -> dict:
+def bind(tn, shapes: dict, given=None) -> dict:
     """Solve the network's size symbols from ``shapes`` (input name -> shape).
 
-    Returns ``{symbol: int}``. Raises :class:`ShapeError` naming the tensor and
+    ``given`` maps size symbols to values fixed by the caller (sizes that no
+    input determines, such as ``C_out`` of a weight Jacobian). Returns
+    ``{symbol: int}``. Raises :class:`ShapeError` naming the tensor and
     axis when a shape contradicts the network or leaves a size undetermined.
     """
     equations = []
@@ -32,7 +34,7 @@ def bind(tn, shapes: dict) -> dict:
                 raise ShapeError(f"{t.name} must have {len(t.axes)} dimensions, got shape {tuple(shape)}")
             for axis, (expr, dim) in enumerate(zip(t.shape, shape)):
                 equations.append((expr, int(dim), t.name, axis, t.axes[axis]))
-    known: dict = {}
+    known: dict = dict(given or {})
     pending = equations
     while pending:
         left = []
@@ -62,7 +64,8 @@ def bind(tn, shapes: dict) -> dict:
         pending = left
     missing = [s for s in tn.size_symbols if s not in known]
     if missing:
-        raise ShapeError(f"the sizes {[str(s) for s in missing]} are not fixed by any input tensor")
+        raise ShapeError(f"the sizes {[str(s) for s in missing]} are not fixed by any input tensor; "
+                         "pass them as keyword arguments, e.g. compiled(..., C_out=4)")
     return known
 
 

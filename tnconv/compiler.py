@@ -11,7 +11,7 @@ import torch
 
 from .backends import get_backend
 from .bind import ShapeError, bind, concrete
-from .ir import NetworkSum, TensorNetwork, check, pattern_tensor
+from .ir import NetworkSum, TensorNetwork, check, pattern_tensor, size_symbol
 
 #: Plans kept per compiled network (least recently used are dropped).
 PLAN_CACHE_SIZE = 64
@@ -80,7 +80,7 @@ class Compiled:
         trace: with ``trace=True``, ``(pass name, text)`` after every pass that ran.
     """
 
-    def __init__(self, tn, backend="cotengra", passes="default", memory_limit=None, trace=False):
+    def __init__(self, tn, backend="cotengra", passes="default", memory_limit=None, trace=False, debug=None):
         from .passes.pipeline import run_pipeline
 
         if not isinstance(tn, (TensorNetwork, NetworkSum)):
@@ -92,8 +92,9 @@ class Compiled:
         self.memory_limit = memory_limit
         self.source = tn
         check(tn)
-        self.network, self.trace_dots = run_pipeline(tn, passes, record=trace)
-        self.trace = [(name, text) for name, text, _ in self.trace_dots] if trace else None
+        self.network, recorded = run_pipeline(tn, passes, record=trace, debug=debug)
+        self.trace = [(name, text) for name, text, _ in recorded] if trace else None
+        self.trace_dots = [(name, dot) for name, _, dot in recorded] if trace else None
         self.inputs = self.network.inputs
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
@@ -102,53 +103,71 @@ class Compiled:
         self.cache_misses = 0
 
     # -- calling ---------------------------------------------------------------
-    def __call__(self, **tensors) -> torch.Tensor:
-        key = self._key(tensors)
+    def __call__(self, **kwargs) -> torch.Tensor:
+        """Evaluate on the input tensors (by name); ints fix size symbols no input determines.
+
+        ``dtype`` and ``device`` set the result's for networks without inputs.
+        """
+        try:
+            key = tuple((kwargs[name].shape, kwargs[name].dtype, kwargs[name].device) for name in self.inputs)
+        except (KeyError, AttributeError):
+            self._check_call(kwargs)
+            raise
+        if len(kwargs) != len(self.inputs):
+            key += tuple(sorted((k, v) for k, v in self._check_call(kwargs).items()))
         with self._lock:
             plan = self._cache.get(key)
             if plan is not None:
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
         if plan is None:
-            plan = self._build(tensors)
+            plan = self._build(kwargs)
             with self._lock:
                 self.cache_misses += 1
                 self._cache[key] = plan
                 while len(self._cache) > PLAN_CACHE_SIZE:
                     self._cache.popitem(last=False)
         self._last = plan
-        return plan(tensors)
+        return plan(kwargs)
 
-    def _key(self, tensors):
-        try:
-            return tuple((tensors[name].shape, tensors[name].dtype, tensors[name].device) for name in self.inputs) + (len(tensors),)
-        except KeyError:
-            self._check_names(tensors)
-            raise
-        except AttributeError:
-            self._check_names(tensors)
-            bad = [n for n in self.inputs if not isinstance(tensors[n], torch.Tensor)]
-            raise TypeError(f"{bad[0]} must be a torch.Tensor, got {type(tensors[bad[0]]).__name__}") from None
-
-    def _check_names(self, tensors):
-        missing = [n for n in self.inputs if n not in tensors]
-        extra = [n for n in tensors if n not in self.inputs]
-        if missing or extra:
-            raise TypeError(f"expected the tensors {list(self.inputs)}, missing {missing}, unexpected {extra}")
-
-    def _build(self, tensors) -> _ExecutionPlan:
-        self._check_names(tensors)
-        first = tensors[self.inputs[0]]
+    def _check_call(self, kwargs) -> dict:
+        """Validate the call's arguments; return the ones that are not input tensors."""
+        missing = [n for n in self.inputs if n not in kwargs]
+        if missing:
+            raise TypeError(f"missing the input tensors {missing}; the network's inputs are {list(self.inputs)}")
         for name in self.inputs:
-            t = tensors[name]
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if not isinstance(kwargs[name], torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}")
+        extras = {k: v for k, v in kwargs.items() if k not in self.inputs}
+        sizes = {str(s) for s in self.network.size_symbols}
+        for name, value in extras.items():
+            if name == "dtype":
+                if not isinstance(value, torch.dtype):
+                    raise TypeError(f"dtype must be a torch.dtype, got {value!r}")
+            elif name == "device":
+                extras[name] = torch.device(value)
+            elif name in sizes:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"size {name} must be a non-negative int, got {value!r}")
+            else:
+                raise TypeError(f"unexpected argument {name!r}: the network's inputs are {list(self.inputs)}"
+                                + (f" and its sizes {sorted(sizes)}" if sizes else ""))
+        return extras
+
+    def _build(self, kwargs) -> _ExecutionPlan:
+        extras = self._check_call(kwargs)
+        tensors = [kwargs[n] for n in self.inputs]
+        first = tensors[0] if tensors else None
+        for name, t in zip(self.inputs, tensors):
             if t.dtype != first.dtype:
                 raise TypeError(f"{name} has dtype {t.dtype} but {self.inputs[0]} has {first.dtype}")
             if t.device != first.device:
                 raise ValueError(f"{name} is on {t.device} but {self.inputs[0]} is on {first.device}")
-        known = bind(self.network, {n: tuple(tensors[n].shape) for n in self.inputs})
-        return self._plan(known, first.dtype, first.device)
+        dtype = first.dtype if first is not None else extras.get("dtype", torch.get_default_dtype())
+        device = first.device if first is not None else extras.get("device", torch.device("cpu"))
+        given = {size_symbol(k): v for k, v in extras.items() if k not in ("dtype", "device")}
+        known = bind(self.network, {n: tuple(kwargs[n].shape) for n in self.inputs}, given)
+        return self._plan(known, dtype, device)
 
     def _plan(self, known, dtype, device) -> _ExecutionPlan:
         terms = []
@@ -209,7 +228,7 @@ def _prod(values):
     return out
 
 
-def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, trace: bool = False) -> Compiled:
+def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, trace: bool = False, *, debug=None) -> Compiled:
     """Compile a network (or sum of networks) into a callable.
 
     Args:
@@ -217,7 +236,10 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
         backend: ``"cotengra"`` (default), ``"opt_einsum"`` or ``"torch"``.
         passes: ``"default"``, ``None`` (no passes), or a list of pass names or callables.
         memory_limit: cap on the largest intermediate, in elements (cotengra slices to meet it).
-        trace: record the network's text after every pass in ``.trace``.
+        trace: record the network after every pass: ``.trace`` holds ``(pass, text)``
+            pairs, ``.trace_dots`` ``(pass, DOT)`` pairs, both starting with the input.
+        debug: check the IR's invariants before and after every pass (default:
+            the environment variable ``TNCONV_DEBUG``).
 
     Example:
         >>> import torch, tnconv
@@ -226,7 +248,7 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
         >>> torch.allclose(f(x=x, w=w), torch.nn.functional.conv1d(x, w), atol=1e-5)
         True
     """
-    return Compiled(tn, backend, passes, memory_limit, trace)
+    return Compiled(tn, backend, passes, memory_limit, trace, debug)
 
 
 __all__ = ["compile", "Compiled", "ShapeError", "PLAN_CACHE_SIZE"]

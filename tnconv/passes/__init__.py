@@ -9,8 +9,8 @@ from .batching import batch
 from .compose import contract, rename_apart
 from .cut import differentiate
 from .deltas import drop_ones, fuse_deltas
-from .pipeline import DEFAULT_PIPELINE, PASSES, get_pass, register, run_pipeline
+from .pipeline import DEFAULT_PIPELINE, PASSES, PassError, get_pass, register, run_pipeline
 from .products import jvp, vjp
 
 __all__ = ["differentiate", "contract", "rename_apart", "vjp", "jvp", "batch", "fuse_deltas", "drop_ones",
-           "PASSES", "DEFAULT_PIPELINE", "register", "get_pass", "run_pipeline"]
+           "PASSES", "DEFAULT_PIPELINE", "PassError", "register", "get_pass", "run_pipeline"]

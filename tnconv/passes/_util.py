@@ -34,6 +34,7 @@ def fresh(base: str, used: set) -> str:
 
 
 def require_input(tn, name: str, argument: str = "wrt") -> None:
+    terms_of(tn)
     if not isinstance(name, str):
         raise TypeError(f"{argument} must be the name of an input tensor (str), got {name!r}")
     if name not in tn.inputs:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict
 
-from ..ir import check
+from ..ir import check, to_dot
 
 #: name -> pass function ``network -> network``.
 PASSES: Dict[str, Callable] = {}
 
 #: The passes ``compile(..., passes="default")`` runs, in order.
 DEFAULT_PIPELINE = ("fuse_deltas", "drop_ones")
+
+
+class PassError(RuntimeError):
+    """A pass raised or produced a network that breaks an invariant."""
 
 
 def register(name: str):
@@ -29,13 +34,31 @@ def get_pass(name):
     return name, PASSES[name]
 
 
-def run_pipeline(tn, passes="default", record=False, debug=False):
+def debug_enabled(debug=None) -> bool:
+    """``debug`` if given, else whether the environment sets ``TNCONV_DEBUG=1``."""
+    if debug is not None:
+        return bool(debug)
+    return os.environ.get("TNCONV_DEBUG", "") not in ("", "0")
+
+
+def run_pipeline(tn, passes="default", record=False, debug=None):
     """Run ``passes`` on ``tn``; returns the result and ``[(name, text, dot)]`` if ``record``.
 
-    The record starts with ``("input", ...)``. With ``debug`` the invariant
-    checker runs after every pass, and a failure names the pass and those
+    Passes that need arguments (``differentiate``, ``vjp``, ``batch``...) are
+    applied by calling them; the pipeline runs the argument-free rewrites of
+    :data:`PASSES`. The record starts with ``("input", ...)``. In debug mode
+    (``debug=True`` or ``TNCONV_DEBUG=1``) the invariant checker runs before
+    the first pass and after every pass; any failure names the pass and those
     that ran before it.
+
+    Example:
+        >>> from tnconv import diagrams, passes
+        >>> tn = passes.vjp(diagrams.conv(N=1, kernel_size=3), "w", fuse=False)
+        >>> out, trace = run_pipeline(tn, ["fuse_deltas"], record=True)
+        >>> [name for name, _, _ in trace]
+        ['input', 'fuse_deltas']
     """
+    debug = debug_enabled(debug)
     if passes == "default":
         passes = DEFAULT_PIPELINE
     elif passes is None:
@@ -43,7 +66,9 @@ def run_pipeline(tn, passes="default", record=False, debug=False):
     elif isinstance(passes, str) or not hasattr(passes, "__iter__"):
         raise TypeError(f"passes must be 'default', None or a list of pass names, got {passes!r}")
     steps = [get_pass(p) for p in passes]
-    trace = [("input", tn.to_text(), tn.to_dot())] if record else []
+    if debug:
+        check(tn)
+    trace = [("input", tn.to_text(), to_dot(tn))] if record else []
     done = []
     for name, fn in steps:
         try:
@@ -51,8 +76,8 @@ def run_pipeline(tn, passes="default", record=False, debug=False):
             if debug:
                 check(tn)
         except Exception as error:
-            raise type(error)(f"pass {name!r} failed (after {done or 'no passes'}): {error}") from error
+            raise PassError(f"pass {name!r} failed (after {done or 'no passes'}): {error}") from error
         done.append(name)
         if record:
-            trace.append((name, tn.to_text(), tn.to_dot()))
+            trace.append((name, tn.to_text(), to_dot(tn)))
     return tn, trace
