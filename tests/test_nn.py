@@ -50,7 +50,7 @@ def test_initialization_matches_torch():
 @pytest.mark.parametrize("hyper", [(1, 0, 1, 1), (2, 1, 1, 2), (1, "same", 2, 1), (2, 0, 2, 2)])
 def test_gradcheck_and_gradgradcheck(hyper):
     stride, padding, dilation, groups = hyper
-    x = torch.randn(1, 2, 5, 4, dtype=DT, requires_grad=True)
+    x = torch.randn(1, 2, 5, 6, dtype=DT, requires_grad=True)
     w = torch.randn(2, 2 // groups, 2, 3, dtype=DT, requires_grad=True)
     b = torch.randn(2, dtype=DT, requires_grad=True)
 
