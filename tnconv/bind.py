@@ -47,6 +47,9 @@ def bind(tn, shapes: dict, given=None) -> dict:
             free = value.free_symbols
             if len(free) == 1:
                 symbol = next(iter(free))
+                if dim == 0 and value.subs(symbol, 0) == 0:  # empty batch: symbols are declared positive
+                    known[symbol] = 0
+                    continue
                 try:
                     solutions = [s for s in sympy.solve(sympy.Eq(value, dim), symbol) if s.is_Integer and s >= 0]
                 except NotImplementedError:  # e.g. floor(): the size does not determine the symbol
