@@ -101,7 +101,7 @@ def check_same(reference: torch.Tensor, ref_name: str, value: torch.Tensor, name
     if value.dtype != reference.dtype:
         raise TypeError(f"{name} has dtype {value.dtype} but {ref_name} has {reference.dtype}")
     if value.device != reference.device:
-        raise ValueError(f"{name} is on {value.device} but {ref_name} is on {reference.device}")
+        raise ValueError(f"{name} is on device {value.device} but {ref_name} is on device {reference.device}")
 
 
 def check_size(value, name: str, length: int | None = None) -> Tuple[int, ...]:

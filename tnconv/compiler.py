@@ -162,7 +162,7 @@ class Compiled:
             if t.dtype != first.dtype:
                 raise TypeError(f"{name} has dtype {t.dtype} but {self.inputs[0]} has {first.dtype}")
             if t.device != first.device:
-                raise ValueError(f"{name} is on {t.device} but {self.inputs[0]} is on {first.device}")
+                raise ValueError(f"{name} is on device {t.device} but {self.inputs[0]} is on device {first.device}")
         dtype = first.dtype if first is not None else extras.get("dtype", torch.get_default_dtype())
         device = first.device if first is not None else extras.get("device", torch.device("cpu"))
         given = {size_symbol(k): v for k, v in extras.items() if k not in ("dtype", "device")}
