@@ -36,6 +36,9 @@ def _show_parser(sub):
     p.add_argument("--backend", default="cotengra")
     p.add_argument("--draw", metavar="PATH", help="write the drawing (.dot, or .png/.svg with graphviz)")
     p.add_argument("--trace", action="store_true", help="print the network after every pass")
+    p.add_argument("--differentiate", metavar="TENSOR", help="cut TENSOR out first (its Jacobian)")
+    p.add_argument("--vjp", metavar="TENSOR", help="form the VJP with respect to TENSOR first")
+    p.add_argument("--jvp", metavar="TENSOR", help="form the JVP with respect to TENSOR first")
     return p
 
 
@@ -60,8 +63,8 @@ def _build(args):
     return builder(**{k: v for k, v in kwargs.items() if k in params})
 
 
-def _example_shapes(tn, args):
-    """Shapes of the inputs for the cost report, from --batch/--channels/--input-size."""
+def _size_values(args) -> dict:
+    """Example values of the size symbols, from --batch/--channels/--input-size."""
     from .ir import size_symbol
 
     size = args.input_size or (16,) * args.N
@@ -70,6 +73,12 @@ def _example_shapes(tn, args):
     values = {size_symbol("B"): args.batch, size_symbol("C_in"): cin, size_symbol("C_out"): cout, size_symbol("C"): cin,
               size_symbol("V"): 2}
     values.update({size_symbol(f"I{d + 1}"): s for d, s in enumerate(size)})
+    return values
+
+
+def _example_shapes(tn, args):
+    """Shapes of the inputs for the cost report."""
+    values = _size_values(args)
     shapes = {}
     for name, shape in tn.input_shapes().items():
         shapes[name] = tuple(int(s.subs(values)) if hasattr(s, "subs") else s for s in shape)
@@ -79,7 +88,15 @@ def _example_shapes(tn, args):
 def show(args) -> int:
     from .compiler import compile
 
+    from . import passes
+
     tn = _build(args)
+    if args.differentiate:
+        tn = passes.differentiate(tn, args.differentiate)
+    if args.vjp:
+        tn = passes.vjp(tn, args.vjp, "vector")
+    if args.jvp:
+        tn = passes.jvp(tn, args.jvp, "tangent")
     compiled = compile(tn, backend=args.backend, trace=True)
     if args.trace:
         for name, text in compiled.trace:
@@ -90,7 +107,8 @@ def show(args) -> int:
     print(f"\neinsum: {compiled.equation}")
     try:
         shapes = _example_shapes(compiled.network, args)
-        cost = compiled.cost(**shapes)
+        fixed = {str(s): int(v) for s, v in _size_values(args).items() if str(s) in {str(t) for t in compiled.network.size_symbols}}
+        cost = compiled.cost(**shapes, **{k: v for k, v in fixed.items() if k not in shapes})
         print(f"shapes: {shapes}")
         print(f"cost:   {cost['flops']:.3g} FLOPs, largest intermediate {cost['largest_intermediate']} elements")
     except ValueError as error:

@@ -206,10 +206,12 @@ class Compiled:
         """FLOPs and largest intermediate (elements) of the plan for ``shapes``.
 
         Without arguments: of the plan of the last call. With arguments: input
-        name -> shape tuple, planned without running anything.
+        name -> shape tuple (and ints for size symbols no input fixes), planned
+        without running anything.
         """
         if shapes:
-            known = bind(self.network, {n: tuple(s) for n, s in shapes.items()})
+            given = {size_symbol(n): v for n, v in shapes.items() if isinstance(v, int)}
+            known = bind(self.network, {n: tuple(s) for n, s in shapes.items() if not isinstance(s, int)}, given)
             plan = self._plan(known, torch.float32, torch.device("cpu"))
         elif self._last is not None:
             plan = self._last
