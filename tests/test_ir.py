@@ -29,6 +29,14 @@ BUILDERS = {
     "kfac_reduce_transpose": lambda N, r: diagrams.kfac_reduce_transpose(N=N, kernel_size=2, stride=2, groups=2),
     "ggn_diagonal": lambda N, r: diagrams.ggn_diagonal(N=N, kernel_size=2),
     "ggn_gram": lambda N, r: diagrams.ggn_gram(N=N, kernel_size=2, stride=2),
+    "hessian_diagonal_weight": lambda N, r: diagrams.hessian_diagonal_weight(N=N, kernel_size=2, stride=2, groups=2),
+    "hessian_diagonal_input": lambda N, r: diagrams.hessian_diagonal_input(N=N, kernel_size=2, input_size=(5,) * N),
+    "ggn_diagonal_input": lambda N, r: diagrams.ggn_diagonal_input(N=N, kernel_size=3, input_size=(5,) * N, groups=2),
+    "input_jacobian": lambda N, r: diagrams.input_jacobian(N=N, kernel_size=2, input_size=(4,) * N),
+    "weight_jacobian": lambda N, r: diagrams.weight_jacobian(N=N, kernel_size=2, dilation=2),
+    "mixed_second_derivative": lambda N, r: diagrams.mixed_second_derivative(N=N, kernel_size=2, input_size=(3,) * N),
+    "kfc_output": lambda N, r: diagrams.kfc_output(N=N, groups=r.choice([1, 2])),
+    "kfac_reduce_output": lambda N, r: diagrams.kfac_reduce_output(N=N, groups=r.choice([1, 2])),
     "kfc_dx": lambda N, r: passes.differentiate(diagrams.kfc(N=N, kernel_size=2), "x"),
 }
 

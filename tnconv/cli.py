@@ -73,6 +73,7 @@ def _size_values(args) -> dict:
     values = {size_symbol("B"): args.batch, size_symbol("C_in"): cin, size_symbol("C_out"): cout, size_symbol("C"): cin,
               size_symbol("V"): 2}
     values.update({size_symbol(f"I{d + 1}"): s for d, s in enumerate(size)})
+    values.update({size_symbol(f"O{d + 1}"): s for d, s in enumerate(size)})
     return values
 
 

@@ -3,7 +3,21 @@
 from .autodiff import input_jvp, input_vjp, per_sample_weight_grad, weight_jvp, weight_vjp
 from .curvature import ggn_diagonal, ggn_gram, kfac_reduce, kfac_reduce_transpose, kfc, kfc_transpose
 from .forward import conv, conv_transpose, fold, unfold, unfold_kernel, unfold_transpose
+from .second_order import (
+    ggn_diagonal_input,
+    hessian_diagonal_input,
+    hessian_diagonal_weight,
+    input_jacobian,
+    kfac_reduce_output,
+    kfc_output,
+    mixed_second_derivative,
+    weight_jacobian,
+)
 
-__all__ = ["conv", "conv_transpose", "unfold", "fold", "unfold_kernel", "unfold_transpose",
-           "weight_vjp", "input_vjp", "weight_jvp", "input_jvp", "per_sample_weight_grad",
-           "kfc", "kfac_reduce", "kfc_transpose", "kfac_reduce_transpose", "ggn_diagonal", "ggn_gram"]
+__all__ = [
+    "conv", "conv_transpose", "unfold", "fold", "unfold_kernel", "unfold_transpose",
+    "weight_vjp", "input_vjp", "weight_jvp", "input_jvp", "per_sample_weight_grad",
+    "kfc", "kfac_reduce", "kfc_transpose", "kfac_reduce_transpose", "ggn_diagonal", "ggn_gram",
+    "hessian_diagonal_weight", "hessian_diagonal_input", "ggn_diagonal_input",
+    "input_jacobian", "weight_jacobian", "mixed_second_derivative", "kfc_output", "kfac_reduce_output",
+]

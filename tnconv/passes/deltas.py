@@ -10,6 +10,13 @@ from .pipeline import register
 def _fuse_one(term: TensorNetwork):
     """Remove one delta that has a summed leg; ``None`` if there is none to remove."""
     open_names = {leg.name for leg in term.output_legs}
+    seen = set()
+    for n, delta in enumerate(term.tensors):  # δ ⊙ δ = δ
+        if delta.kind == "delta":
+            legs = frozenset(leg.name for leg in delta.legs)
+            if legs in seen:
+                return term.replace(tensors=term.tensors[:n] + term.tensors[n + 1:])
+            seen.add(legs)
     for n, delta in enumerate(term.tensors):
         if delta.kind != "delta":
             continue

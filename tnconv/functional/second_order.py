@@ -1,0 +1,182 @@
+"""Hessian and GGN diagonals, full Jacobians and output-gradient Kronecker factors of a convolution.
+
+The diagrams are derived in :mod:`tnconv.diagrams.second_order`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._args import check_same, check_size, check_tensor
+from ._common import _check_groups, _freeze, check_grad_output, compiled, conv_geometry
+
+
+def _hyper(N, spec):
+    return dict(N=N, groups=spec.groups, **_freeze(spec))
+
+
+def hessian_diagonal_weight(x, weight_size, output_diag, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """``Σ_b Σ_o output_diag[b, c_out, o] · (∂y[b, c_out, o]/∂w)²``, shape ``weight_size``.
+
+    The diagonal of ``Jᵀ diag(h) J`` for the weight, given a diagonal
+    approximation ``h`` of the loss Hessian with respect to the output
+    (Becker & LeCun, 1989; HesScale).
+
+    Args:
+        x: ``[B, C_in, *I]``.
+        weight_size: ``[C_out, C_in/groups, *K]``.
+        output_diag: ``[B, C_out, *O]``.
+
+    Example:
+        >>> x, h = torch.randn(2, 3, 8), torch.rand(2, 4, 6)
+        >>> hessian_diagonal_weight(x, (4, 3, 3), h).shape
+        torch.Size([4, 3, 3])
+    """
+    check_tensor(x, "x", min_ndim=3)
+    weight_size = check_size(weight_size, "weight_size", x.ndim)
+    N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
+    check_grad_output(output_diag, (x.shape[0], weight_size[0]) + O, x, "output_diag")
+    return compiled("hessian_diagonal_weight", **_hyper(N, spec))(x=x, output_diag=output_diag)
+
+
+def hessian_diagonal_input(weight, input_size, output_diag, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """``Σ_{c_out, o} output_diag[b, c_out, o] · (∂y[b, c_out, o]/∂x[b, c_in, i])²``, shape ``input_size``.
+
+    Args:
+        weight: ``[C_out, C_in/groups, *K]``.
+        input_size: the input's full shape ``[B, C_in, *I]``.
+        output_diag: ``[B, C_out, *O]``.
+
+    Example:
+        >>> w, h = torch.randn(4, 3, 3), torch.rand(2, 4, 6)
+        >>> hessian_diagonal_input(w, (2, 3, 8), h).shape
+        torch.Size([2, 3, 8])
+    """
+    check_tensor(weight, "weight", min_ndim=3)
+    input_size = check_size(input_size, "input_size", weight.ndim)
+    N, spec, O = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
+    check_grad_output(output_diag, (input_size[0], weight.shape[0]) + O, weight, "output_diag")
+    fn = compiled("hessian_diagonal_input", input_size=tuple(input_size[2:]), **_hyper(N, spec))
+    return fn(w=weight, output_diag=output_diag)
+
+
+def ggn_diagonal_input(weight, input_size, sqrt_ggn, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """GGN diagonal for the input, ``Σ_v (J_xᵀ s_vb)²`` per sample, shape ``input_size``.
+
+    Args:
+        weight: ``[C_out, C_in/groups, *K]``.
+        input_size: ``[B, C_in, *I]``.
+        sqrt_ggn: ``[V, B, C_out, *O]``.
+
+    Example:
+        >>> w, s = torch.randn(4, 3, 3), torch.randn(5, 2, 4, 6)
+        >>> ggn_diagonal_input(w, (2, 3, 8), s).shape
+        torch.Size([2, 3, 8])
+    """
+    check_tensor(weight, "weight", min_ndim=3)
+    input_size = check_size(input_size, "input_size", weight.ndim)
+    N, spec, O = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
+    check_tensor(sqrt_ggn, "sqrt_ggn")
+    if sqrt_ggn.ndim != weight.ndim + 1:
+        raise ValueError(f"sqrt_ggn must have shape [V, B, C_out, *O], got {tuple(sqrt_ggn.shape)}")
+    check_grad_output(sqrt_ggn, (sqrt_ggn.shape[0], input_size[0], weight.shape[0]) + O, weight, "sqrt_ggn")
+    fn = compiled("ggn_diagonal_input", input_size=tuple(input_size[2:]), **_hyper(N, spec))
+    return fn(w=weight, sqrt_ggn=sqrt_ggn)
+
+
+def input_jacobian(weight, input_size, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """The full Jacobian ``∂y/∂x``, shape ``[B, C_out, *O, B, C_in, *I]`` (for small problems).
+
+    Example:
+        >>> w = torch.randn(2, 1, 2)
+        >>> input_jacobian(w, (1, 1, 3)).shape
+        torch.Size([1, 2, 2, 1, 1, 3])
+    """
+    check_tensor(weight, "weight", min_ndim=3)
+    input_size = check_size(input_size, "input_size", weight.ndim)
+    N, spec, _ = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
+    fn = compiled("input_jacobian", input_size=tuple(input_size[2:]), **_hyper(N, spec))
+    return fn(w=weight, B=input_size[0])
+
+
+def weight_jacobian(x, weight_size, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """The full Jacobian ``∂y/∂w``, shape ``[B, C_out, *O, C_out, C_in/G, *K]`` (for small problems).
+
+    Example:
+        >>> weight_jacobian(torch.randn(1, 1, 3), (2, 1, 2)).shape
+        torch.Size([1, 2, 2, 2, 1, 2])
+    """
+    check_tensor(x, "x", min_ndim=3)
+    weight_size = check_size(weight_size, "weight_size", x.ndim)
+    N, spec, _ = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
+    return compiled("weight_jacobian", **_hyper(N, spec))(x=x, C_out=weight_size[0])
+
+
+def mixed_second_derivative(input_size, weight_size, stride=1, padding=0, dilation=1, groups=1, dtype=None,
+                            device=None) -> torch.Tensor:
+    """``∂²y/∂w∂x``, shape ``[B, C_out, *O, *weight_size, *input_size]``; a constant of the convolution.
+
+    Args:
+        input_size: ``[B, C_in, *I]``.
+        weight_size: ``[C_out, C_in/groups, *K]``.
+        dtype, device: of the result (default: torch's default dtype, CPU).
+
+    Example:
+        >>> mixed_second_derivative((1, 1, 3), (1, 1, 2)).shape
+        torch.Size([1, 1, 2, 1, 1, 2, 1, 1, 3])
+    """
+    input_size = check_size(input_size, "input_size")
+    weight_size = check_size(weight_size, "weight_size", len(input_size))
+    N, spec, _ = conv_geometry(input_size, weight_size, stride, padding, dilation, groups, x_name="input_size",
+                               weight_name="weight_size")
+    fn = compiled("mixed_second_derivative", input_size=tuple(input_size[2:]), **_hyper(N, spec))
+    kwargs = dict(B=input_size[0], C_in=input_size[1], C_out=weight_size[0],
+                  dtype=dtype or torch.get_default_dtype(), device=torch.device(device or "cpu"))
+    return fn(**kwargs)
+
+
+def _output_grad(grad_output, groups):
+    check_tensor(grad_output, "grad_output", min_ndim=3)
+    _check_groups(groups)
+    if grad_output.shape[1] % groups:
+        raise ValueError(f"groups={groups} must divide the output channels grad_output.shape[1]={grad_output.shape[1]}")
+    return grad_output.ndim - 2
+
+
+def kfc_output(grad_output, groups=1) -> torch.Tensor:
+    """KFAC-expand output-gradient factor ``Γ = Σ_b Σ_o g_bo g_boᵀ`` per group, ``[G, C_out/G, C_out/G]``.
+
+    ``g_bo = grad_output[b, :, o]`` are the gradients of the loss with respect
+    to the convolution's output (for a Fisher, sampled ones; for the GGN,
+    columns of its square root flattened into ``B``). With the input factor
+    ``Ω`` of :func:`~tnconv.functional.kfc` (``1/B Σ_b Σ_o``), KFAC-expand as in
+    Eschenhagen et al. (2023) is ``(Ω / O) ⊗ Γ``; BackPACK's KFAC for a
+    mean-reduced loss uses the same Γ of its backpropagated square root.
+
+    Example:
+        >>> g = torch.randn(2, 4, 5)
+        >>> torch.allclose(kfc_output(g)[0], torch.einsum("bio,bjo->ij", g, g), atol=1e-5)
+        True
+    """
+    N = _output_grad(grad_output, groups)
+    return compiled("kfc_output", N=N, groups=groups)(grad_output=grad_output)
+
+
+def kfac_reduce_output(grad_output, groups=1) -> torch.Tensor:
+    """KFAC-reduce output-gradient factor ``Γ̂ = Σ_b (Σ_o g_bo)(Σ_o g_bo)ᵀ`` per group.
+
+    With :func:`~tnconv.functional.kfac_reduce`'s ``Ω̂`` (the outer product of
+    the *average* patch), KFAC-reduce is ``Ω̂ ⊗ Γ̂`` (Eschenhagen et al., 2023).
+
+    Example:
+        >>> g = torch.randn(2, 4, 5)
+        >>> s = g.sum(-1)
+        >>> torch.allclose(kfac_reduce_output(g)[0], s.T @ s, atol=1e-5)
+        True
+    """
+    N = _output_grad(grad_output, groups)
+    return compiled("kfac_reduce_output", N=N, groups=groups)(grad_output=grad_output)
+
+
+__all__ = ["hessian_diagonal_weight", "hessian_diagonal_input", "ggn_diagonal_input", "input_jacobian",
+           "weight_jacobian", "mixed_second_derivative", "kfc_output", "kfac_reduce_output"]
