@@ -18,3 +18,17 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+try:  # hypothesis profiles: "ci" by default, "thorough" on demand
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+                   derandomize=False)
+    settings.register_profile("ci", max_examples=25, **_common)
+    settings.register_profile("thorough", max_examples=10_000, **_common)
+    import os
+
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover
+    pass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from ..ir import Index, Tensor, TensorNetwork
 from ._util import fresh, rebuild, require_input, terms_of, used_names
-from .pipeline import register
 
 
 def _new_axes(tn, wrt):
@@ -37,7 +36,6 @@ def _cut(term: TensorNetwork, position: int, new_axes, wrt: str) -> TensorNetwor
     return TensorNetwork(tensors, term.output + tuple(new_axes), term.scale, f"d{term.name}_d{wrt}")
 
 
-@register("differentiate")
 def differentiate(tn, wrt: str):
     """Jacobian of ``tn`` with respect to the input tensor ``wrt``.
 

@@ -14,7 +14,7 @@ from typing import Tuple
 
 import torch
 
-from ._args import padding_pairs
+from .._args import padding_pairs
 
 
 def patches(x, kernel_size, stride, padding, dilation):
@@ -85,6 +85,8 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     z = torch.zeros(x.shape[0], C_out, *size, dtype=x.dtype, device=x.device, requires_grad=True)
     with torch.enable_grad():
         y = conv(z, weight.detach(), None, stride, pads, dilation, groups)
+        # with output_padding >= stride the convolution of z has more outputs than x has entries
+        y = y[(slice(None), slice(None)) + tuple(slice(0, I) for I in x.shape[2:])]
         (out,) = torch.autograd.grad(y, z, x.detach())
     if bias is not None:
         out = out + bias.view(1, -1, *([1] * N))

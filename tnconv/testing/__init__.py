@@ -1,0 +1,17 @@
+"""Testing helpers: slow reference implementations, random configurations, hypothesis strategies.
+
+``tnconv.testing.strategies`` needs ``hypothesis`` (the ``test`` extra) and is
+imported on first use.
+"""
+
+from .references import ConvConfig, conv, conv_transpose, fold, patches, random_config, unfold
+
+__all__ = ["ConvConfig", "conv", "conv_transpose", "fold", "patches", "random_config", "unfold", "strategies"]
+
+
+def __getattr__(name):
+    if name == "strategies":
+        from . import strategies
+
+        return strategies
+    raise AttributeError(name)
