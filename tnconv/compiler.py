@@ -16,6 +16,10 @@ from .ir import NetworkSum, TensorNetwork, check, pattern_tensor, size_symbol
 #: Plans kept per compiled network (least recently used are dropped).
 PLAN_CACHE_SIZE = 64
 
+#: Largest number of elements of a result, pattern or intermediate tnconv agrees to
+#: allocate; beyond it a call fails with a ValueError instead of exhausting memory.
+MAX_ELEMENTS = 2**31
+
 
 @dataclass
 class _TermPlan:
@@ -176,6 +180,7 @@ class Compiled:
             sizes = {name: concrete(leg.size, known) for name, leg in term.legs.items()}
             shape = tuple(int(_prod(sizes[leg.name] for leg in axis)) for axis in term.output)
             out_shape = out_shape or shape
+            _check_size(f"the result of {term.name!r}", shape)
             scale = float(term.scale.subs(known)) if term.scale.free_symbols else float(term.scale)
             if any(v == 0 for v in sizes.values()):
                 terms.append(_TermPlan((), None, shape, scale))
@@ -187,9 +192,13 @@ class Compiled:
                 if t.kind == "input":
                     sources.append(("input", t.name, tuple(sizes[n] for n in names)))
                 else:
+                    _check_size(f"the {t.kind} tensor {t.name!r}", tuple(sizes[n] for n in names))
                     sources.append(("const", _constant(t, sizes, dtype, device)))
             output = tuple(leg.name for leg in term.output_legs)
             plan = self._plan_backend(legs, output, sizes, self.memory_limit)
+            if plan.largest_intermediate > MAX_ELEMENTS:
+                raise ValueError(f"contracting {term.name!r} needs an intermediate of {plan.largest_intermediate} elements, "
+                                 f"more than MAX_ELEMENTS={MAX_ELEMENTS}; pass a memory_limit to slice it")
             terms.append(_TermPlan(tuple(sources), plan, shape, scale))
         return _ExecutionPlan(terms, out_shape, dtype, device)
 
@@ -223,6 +232,12 @@ class Compiled:
         return f"Compiled({self.network.name!r}, backend={self.backend!r}, inputs={list(self.inputs)})"
 
 
+def _check_size(what, shape):
+    if _prod(shape) > MAX_ELEMENTS:
+        raise ValueError(f"{what} would have shape {shape}, more than MAX_ELEMENTS={MAX_ELEMENTS} elements; "
+                         "check the sizes and hyper-parameters (e.g. padding)")
+
+
 def _prod(values):
     out = 1
     for v in values:
@@ -253,4 +268,4 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
     return Compiled(tn, backend, passes, memory_limit, trace, debug)
 
 
-__all__ = ["compile", "Compiled", "ShapeError", "PLAN_CACHE_SIZE"]
+__all__ = ["compile", "Compiled", "ShapeError", "PLAN_CACHE_SIZE", "MAX_ELEMENTS"]
