@@ -32,14 +32,20 @@ class _TermPlan:
 class _ExecutionPlan:
     """Everything a call needs once the shapes are known: no strings, no planning."""
 
-    def __init__(self, terms, out_shape, dtype, device):
+    def __init__(self, terms, out_shape, dtype, device, selects=None):
         self.terms = terms
         self.out_shape = out_shape
         self.dtype = dtype
         self.device = device
+        self.selects = selects or {}  # name -> (I, M), drawn at every call
 
-    def __call__(self, tensors):
+    def __call__(self, tensors, generator=None):
         result = None
+        if self.selects:
+            tensors = dict(tensors)
+            for name, (I, M) in self.selects.items():
+                if name not in tensors:
+                    tensors[name] = _selection(I, M, generator, self.dtype, self.device)
         for term in self.terms:
             if term.plan is None:  # a zero-sized leg: the contraction is empty
                 value = torch.zeros(self.out_shape, dtype=self.dtype, device=self.device)
@@ -58,6 +64,14 @@ class _ExecutionPlan:
     @property
     def largest_intermediate(self) -> int:
         return max((t.plan.largest_intermediate for t in self.terms if t.plan is not None), default=0)
+
+
+def _selection(I, M, generator, dtype, device):
+    """One-hot ``[I, M]``: ``M`` of ``I`` indices without replacement, in increasing order."""
+    index = torch.randperm(I, generator=generator)[:M].sort().values.to(device)
+    out = torch.zeros(I, M, dtype=dtype, device=device)
+    out[index, torch.arange(M, device=device)] = 1
+    return out
 
 
 def _constant(t, sizes, dtype, device):
@@ -100,6 +114,8 @@ class Compiled:
         self.trace = [(name, text) for name, text, _ in recorded] if trace else None
         self.trace_dots = [(name, dot) for name, _, dot in recorded] if trace else None
         self.inputs = self.network.inputs
+        self.selects = {t.name for term in self.network.terms for t in term.tensors if t.kind == "select"}
+        self.generator = self.network.generator
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._last = None
@@ -132,7 +148,7 @@ class Compiled:
                 while len(self._cache) > PLAN_CACHE_SIZE:
                     self._cache.popitem(last=False)
         self._last = plan
-        return plan(kwargs)
+        return plan(kwargs, kwargs.get("generator", self.generator))
 
     def _check_call(self, kwargs) -> dict:
         """Validate the call's arguments; return the ones that are not input tensors."""
@@ -150,6 +166,14 @@ class Compiled:
                     raise TypeError(f"dtype must be a torch.dtype, got {value!r}")
             elif name == "device":
                 extras[name] = torch.device(value)
+            elif name == "generator":
+                if value is not None and not isinstance(value, torch.Generator):
+                    raise TypeError(f"generator must be a torch.Generator, got {type(value).__name__}")
+                extras[name] = None  # not part of the plan
+            elif name in self.selects:
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"{name} must be a torch.Tensor (a one-hot selection), got {type(value).__name__}")
+                extras[name] = tuple(value.shape)
             elif name in sizes:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ValueError(f"size {name} must be a non-negative int, got {value!r}")
@@ -169,18 +193,23 @@ class Compiled:
                 raise ValueError(f"{name} is on device {t.device} but {self.inputs[0]} is on device {first.device}")
         dtype = first.dtype if first is not None else extras.get("dtype", torch.get_default_dtype())
         device = first.device if first is not None else extras.get("device", torch.device("cpu"))
-        given = {size_symbol(k): v for k, v in extras.items() if k not in ("dtype", "device")}
-        known = bind(self.network, {n: tuple(kwargs[n].shape) for n in self.inputs}, given)
+        given = {size_symbol(k): v for k, v in extras.items()
+                 if k not in ("dtype", "device", "generator") and k not in self.selects}
+        shapes = {n: tuple(kwargs[n].shape) for n in self.inputs}
+        shapes.update({n: tuple(kwargs[n].shape) for n in self.selects if n in kwargs})
+        known = bind(self.network, shapes, given)
         return self._plan(known, dtype, device)
 
-    def _plan(self, known, dtype, device) -> _ExecutionPlan:
-        terms = []
+    def _plan(self, known, dtype, device, dry=False) -> _ExecutionPlan:
+        # dry: plan for cost() only, so neither refuse large sizes nor build constants
+        terms, selects = [], {}
         out_shape = None
         for term in self.network.terms:
             sizes = {name: concrete(leg.size, known) for name, leg in term.legs.items()}
             shape = tuple(int(_prod(sizes[leg.name] for leg in axis)) for axis in term.output)
             out_shape = out_shape or shape
-            _check_size(f"the result of {term.name!r}", shape)
+            if not dry:
+                _check_size(f"the result of {term.name!r}", shape)
             scale = float(term.scale.subs(known)) if term.scale.free_symbols else float(term.scale)
             if any(v == 0 for v in sizes.values()):
                 terms.append(_TermPlan((), None, shape, scale))
@@ -189,18 +218,22 @@ class Compiled:
             for t in term.tensors:
                 names = tuple(leg.name for leg in t.legs)
                 legs.append(names)
-                if t.kind == "input":
+                if t.kind in ("input", "select"):
                     sources.append(("input", t.name, tuple(sizes[n] for n in names)))
+                    if t.kind == "select":
+                        selects[t.name] = tuple(sizes[n] for n in names)
+                elif dry:
+                    sources.append(("const", None))
                 else:
                     _check_size(f"the {t.kind} tensor {t.name!r}", tuple(sizes[n] for n in names))
                     sources.append(("const", _constant(t, sizes, dtype, device)))
             output = tuple(leg.name for leg in term.output_legs)
             plan = self._plan_backend(legs, output, sizes, self.memory_limit)
-            if plan.largest_intermediate > MAX_ELEMENTS:
+            if not dry and plan.largest_intermediate > MAX_ELEMENTS:
                 raise ValueError(f"contracting {term.name!r} needs an intermediate of {plan.largest_intermediate} elements, "
                                  f"more than MAX_ELEMENTS={MAX_ELEMENTS}; pass a memory_limit to slice it")
             terms.append(_TermPlan(tuple(sources), plan, shape, scale))
-        return _ExecutionPlan(terms, out_shape, dtype, device)
+        return _ExecutionPlan(terms, out_shape, dtype, device, selects)
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -221,7 +254,7 @@ class Compiled:
         if shapes:
             given = {size_symbol(n): v for n, v in shapes.items() if isinstance(v, int)}
             known = bind(self.network, {n: tuple(s) for n, s in shapes.items() if not isinstance(s, int)}, given)
-            plan = self._plan(known, torch.float32, torch.device("cpu"))
+            plan = self._plan(known, torch.float32, torch.device("cpu"), dry=True)
         elif self._last is not None:
             plan = self._last
         else:
