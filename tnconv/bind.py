@@ -27,7 +27,7 @@ def bind(tn, shapes: dict, given=None) -> dict:
     equations = []
     for term in tn.terms:
         for t in term.tensors:
-            if t.kind != "input":
+            if t.kind not in ("input", "select") or t.name not in shapes:
                 continue
             shape = shapes[t.name]
             if len(shape) != len(t.axes):

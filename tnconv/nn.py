@@ -15,6 +15,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _ntuple
 
 from . import functional as F
+from .functional.sampled import check_keep
 
 
 class ConvFunction(torch.autograd.Function):
@@ -55,8 +56,53 @@ class ConvFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
-def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+class SampledConvFunction(torch.autograd.Function):
+    """``conv(x, weight, bias)`` that saves only a column-row-sampled part of ``x``.
+
+    The forward pass and the input VJP are exact; the weight VJP is the
+    unbiased estimate of :func:`tnconv.functional.sampled_weight_vjp` from
+    the sub-tensor kept by :func:`tnconv.functional.sample_input`.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, stride, padding, dilation, groups, crs_keep, generator):
+        return F.conv(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups, crs_keep, generator = inputs
+        unbatched = x.ndim == weight.ndim - 1
+        x = x.unsqueeze(0) if unbatched else x
+        if ctx.needs_input_grad[1]:
+            x_sub, indices = F.sample_input(x, crs_keep, groups, generator)
+        else:
+            x_sub, indices = x[:0], []
+        ctx.save_for_backward(x_sub, weight, *indices)
+        ctx.meta = (tuple(x.shape), unbatched, stride, padding, dilation, groups, bias is not None)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x_sub, weight, *indices = ctx.saved_tensors
+        input_size, unbatched, stride, padding, dilation, groups, has_bias = ctx.meta
+        grad_output = grad_output.unsqueeze(0) if unbatched else grad_output
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.input_vjp(input_size, weight, grad_output, stride, padding, dilation, groups)
+            grad_x = grad_x.squeeze(0) if unbatched else grad_x
+        if ctx.needs_input_grad[1]:
+            grad_w = F.sampled_weight_vjp(x_sub, indices, input_size, tuple(weight.shape), grad_output, stride, padding,
+                                          dilation, groups)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_output.sum(dim=(0,) + tuple(range(2, grad_output.ndim)))
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, crs_keep=None, generator=None) -> torch.Tensor:
     """Convolution with tnconv's forward and backward passes (see :class:`ConvFunction`).
+
+    With ``crs_keep`` (keep probabilities for the channel axis, then each
+    spatial axis), the backward pass estimates the weight gradient from a
+    sampled part of ``x`` — the only part saved (see :class:`SampledConvFunction`).
 
     Example:
         >>> x = torch.randn(2, 3, 8, requires_grad=True)
@@ -64,20 +110,60 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
         >>> conv(x, w).sum().backward()
         >>> w.grad.shape
         torch.Size([4, 3, 3])
+        >>> conv(x, w, crs_keep=(1.0, 0.5)).sum().backward()
     """
+    if crs_keep is not None:
+        keep = check_keep(crs_keep, weight.ndim - 2)
+        if any(p < 1 for p in keep):
+            return SampledConvFunction.apply(x, weight, bias, stride, padding, dilation, groups, keep, generator)
     return ConvFunction.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
 class _TNConvMixin:
+    """The convolution of the layers, with optional CRS in the backward pass.
+
+    ``crs_keep``: ``None`` (exact) or keep probabilities ``(channels, *spatial)``
+    in (0, 1]; ``generator``: the ``torch.Generator`` the samples come from.
+    """
+
+    crs_keep = None
+    generator = None
+
+    def _setup_crs(self, crs_keep, generator):
+        if crs_keep is not None:
+            crs_keep = check_keep(crs_keep, len(self.kernel_size))
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.crs_keep, self.generator = crs_keep, generator
+
     def _conv_forward(self, input, weight, bias):
+        padding = self.padding
         if self.padding_mode != "zeros":
             input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv(input, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            padding = 0
+        return conv(input, weight, bias, self.stride, padding, self.dilation, self.groups, self.crs_keep, self.generator)
+
+    def extra_repr(self):
+        extra = super().extra_repr()
+        return extra + (f", crs_keep={self.crs_keep}" if self.crs_keep is not None else "")
+
+
+def _with_crs(base):
+    """``base.__init__`` plus the keyword-only ``crs_keep`` and ``generator``."""
+
+    def __init__(self, *args, crs_keep=None, generator=None, **kwargs):
+        base.__init__(self, *args, **kwargs)
+        self._setup_crs(crs_keep, generator)
+
+    return __init__
 
 
 class Conv1d(_TNConvMixin, torch.nn.Conv1d):
+    __init__ = _with_crs(torch.nn.Conv1d)
     """``torch.nn.Conv1d`` computed by tnconv (same arguments, parameters and state_dict).
+
+    Extra keyword arguments ``crs_keep`` and ``generator`` switch on column-row
+    sampling in the backward pass (see :func:`conv`).
 
     Example:
         >>> layer = Conv1d(3, 4, 3, padding=1)
@@ -87,7 +173,11 @@ class Conv1d(_TNConvMixin, torch.nn.Conv1d):
 
 
 class Conv2d(_TNConvMixin, torch.nn.Conv2d):
+    __init__ = _with_crs(torch.nn.Conv2d)
     """``torch.nn.Conv2d`` computed by tnconv (same arguments, parameters and state_dict).
+
+    Extra keyword arguments ``crs_keep`` and ``generator`` switch on column-row
+    sampling in the backward pass (see :func:`conv`).
 
     Example:
         >>> ref = torch.nn.Conv2d(3, 4, 3)
@@ -100,7 +190,11 @@ class Conv2d(_TNConvMixin, torch.nn.Conv2d):
 
 
 class Conv3d(_TNConvMixin, torch.nn.Conv3d):
+    __init__ = _with_crs(torch.nn.Conv3d)
     """``torch.nn.Conv3d`` computed by tnconv (same arguments, parameters and state_dict).
+
+    Extra keyword arguments ``crs_keep`` and ``generator`` switch on column-row
+    sampling in the backward pass (see :func:`conv`).
 
     Example:
         >>> Conv3d(2, 4, 3)(torch.randn(1, 2, 5, 5, 5)).shape
@@ -108,7 +202,7 @@ class Conv3d(_TNConvMixin, torch.nn.Conv3d):
     """
 
 
-class ConvNd(_ConvNd):
+class ConvNd(_TNConvMixin, _ConvNd):
     """An N-d convolution layer for any ``N >= 1``, with ``torch.nn.Conv*d``'s arguments.
 
     ``N`` is given explicitly or inferred from a tuple ``kernel_size``. The
@@ -124,7 +218,7 @@ class ConvNd(_ConvNd):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", device=None, dtype=None, N=None):
+                 padding_mode="zeros", device=None, dtype=None, N=None, crs_keep=None, generator=None):
         if N is None:
             if not isinstance(kernel_size, (tuple, list)):
                 raise ValueError("N must be given when kernel_size is an int")
@@ -141,19 +235,19 @@ class ConvNd(_ConvNd):
         super().__init__(in_channels, out_channels, as_tuple(kernel_size), as_tuple(stride), padding_, as_tuple(dilation),
                          False, as_tuple(0), groups, bias, padding_mode, device=device, dtype=dtype)
         self.N = N
-
-    def _conv_forward(self, input, weight, bias):
-        return _TNConvMixin._conv_forward(self, input, weight, bias)
+        self._setup_crs(crs_keep, generator)
 
     def forward(self, input):
         return self._conv_forward(input, self.weight, self.bias)
 
 
-def convert(module: torch.nn.Module) -> torch.nn.Module:
+def convert(module: torch.nn.Module, crs_keep=None, generator=None) -> torch.nn.Module:
     """Replace every ``torch.nn.Conv1d/2d/3d`` inside ``module`` by its tnconv twin, in place.
 
     Weights are shared (the same ``Parameter`` objects), so optimizers and
-    state_dicts keep working. Returns ``module``.
+    state_dicts keep working. ``crs_keep`` (a float, or keep probabilities for
+    the channel axis then each spatial axis) switches on column-row sampling
+    in every converted layer's backward pass. Returns ``module``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
@@ -168,10 +262,13 @@ def convert(module: torch.nn.Module) -> torch.nn.Module:
         if twin is not None:
             new = twin.__new__(twin)
             new.__dict__.update(child.__dict__)
+            new._setup_crs(crs_keep, generator)
             setattr(module, name, new)
+        elif isinstance(child, _TNConvMixin):
+            child._setup_crs(crs_keep, generator)
         else:
-            convert(child)
+            convert(child, crs_keep, generator)
     return module
 
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvNd", "ConvFunction", "conv", "convert"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvNd", "ConvFunction", "SampledConvFunction", "conv", "convert"]

@@ -51,6 +51,9 @@ def _check_single(tn: TensorNetwork) -> None:
         elif t.kind == "delta":
             if not t.legs or any(not _same(leg.size, t.legs[0].size) for leg in t.legs):
                 raise InvalidNetwork(f"{where}: delta {t.name!r} needs legs of one size, got {t.legs}")
+        elif t.kind == "select":
+            if len(t.axes) != 2 or any(len(axis) != 1 for axis in t.axes):
+                raise InvalidNetwork(f"{where}: select {t.name!r} needs the two legs (index) (sample)")
         elif t.kind == "constant" and set(t.attr) != {"value"}:
             raise InvalidNetwork(f"{where}: constant {t.name!r} needs exactly the attribute 'value'")
 

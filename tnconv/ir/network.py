@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Dict, Tuple
 
 import sympy
@@ -34,6 +34,8 @@ class TensorNetwork:
     output: Tuple[Axis, ...]
     scale: sympy.Expr = sympy.Integer(1)
     name: str = "tn"
+    #: Random source of ``select`` tensors; not part of the value (equality, hash, text).
+    generator: object = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "tensors", tuple(self.tensors))
@@ -188,6 +190,10 @@ class NetworkSum:
     @property
     def size_symbols(self):
         return tuple(sorted({s for t in self.terms for s in t.size_symbols}, key=str))
+
+    @property
+    def generator(self):
+        return next((t.generator for t in self.terms if t.generator is not None), None)
 
     def to_text(self) -> str:
         from .text import network_to_text

@@ -17,6 +17,10 @@ Kinds:
 ``constant``
     every entry equal to the attribute ``value`` (``1`` gives the vectors of
     ones that broadcast a bias).
+``select``
+    a random selection ``[I, M]`` (one-hot columns, ``M`` of the ``I`` indices
+    sampled without replacement) drawn anew at every call, the same for all
+    nodes of one name; see :func:`tnconv.passes.crs`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Tuple
 from .index import Index, Size, product
 
 Axis = Tuple[Index, ...]
-KINDS = ("input", "pattern", "delta", "constant")
+KINDS = ("input", "pattern", "delta", "constant", "select")
 PATTERN_ATTRS = ("stride", "pad_left", "pad_right", "dilation")
 
 

@@ -7,11 +7,12 @@ that ``compile(..., passes=[...])`` and the pipeline can find them.
 
 from .batching import batch
 from .compose import contract, rename_apart
+from .crs import crs, presample
 from .cut import differentiate
 from .deltas import drop_ones, fuse_deltas
 from .patterns import pattern_pairs
 from .pipeline import DEFAULT_PIPELINE, PASSES, PassError, get_pass, register, run_pipeline
 from .products import jvp, vjp
 
-__all__ = ["differentiate", "contract", "rename_apart", "vjp", "jvp", "batch", "fuse_deltas", "drop_ones", "pattern_pairs",
+__all__ = ["differentiate", "crs", "presample", "contract", "rename_apart", "vjp", "jvp", "batch", "fuse_deltas", "drop_ones", "pattern_pairs",
            "PASSES", "DEFAULT_PIPELINE", "PassError", "register", "get_pass", "run_pipeline"]
