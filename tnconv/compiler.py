@@ -12,6 +12,7 @@ import torch
 from .backends import get_backend
 from .bind import ShapeError, bind, concrete
 from .ir import NetworkSum, TensorNetwork, check, pattern_tensor, size_symbol
+from .lowering import LOWERINGS, check_lowering, lower
 
 #: Plans kept per compiled network (least recently used are dropped).
 PLAN_CACHE_SIZE = 64
@@ -98,7 +99,8 @@ class Compiled:
         trace: with ``trace=True``, ``(pass name, text)`` after every pass that ran.
     """
 
-    def __init__(self, tn, backend="cotengra", passes="default", memory_limit=None, trace=False, debug=None):
+    def __init__(self, tn, backend="cotengra", passes="default", memory_limit=None, trace=False, debug=None,
+                 lowering=LOWERINGS):
         from .passes.pipeline import run_pipeline
 
         if not isinstance(tn, (TensorNetwork, NetworkSum)):
@@ -108,6 +110,7 @@ class Compiled:
         self._plan_backend = get_backend(backend)
         self.backend = backend
         self.memory_limit = memory_limit
+        self.lowering = check_lowering(lowering)
         self.source = tn
         check(tn)
         self.network, recorded = run_pipeline(tn, passes, record=trace, debug=debug)
@@ -214,21 +217,20 @@ class Compiled:
             if any(v == 0 for v in sizes.values()):
                 terms.append(_TermPlan((), None, shape, scale))
                 continue
-            sources, legs = [], []
-            for t in term.tensors:
-                names = tuple(leg.name for leg in t.legs)
-                legs.append(names)
+            sources = []
+            positions, plan = lower(term, sizes, dtype, self._plan_backend, self.memory_limit, self.lowering)
+            for position in positions:
+                t = term.tensors[position]
+                shape_of_legs = tuple(sizes[leg.name] for leg in t.legs)
+                if t.kind == "select":
+                    selects[t.name] = shape_of_legs
                 if t.kind in ("input", "select"):
-                    sources.append(("input", t.name, tuple(sizes[n] for n in names)))
-                    if t.kind == "select":
-                        selects[t.name] = tuple(sizes[n] for n in names)
+                    sources.append(("input", t.name, shape_of_legs))
                 elif dry:
                     sources.append(("const", None))
                 else:
-                    _check_size(f"the {t.kind} tensor {t.name!r}", tuple(sizes[n] for n in names))
+                    _check_size(f"the {t.kind} tensor {t.name!r}", shape_of_legs)
                     sources.append(("const", _constant(t, sizes, dtype, device)))
-            output = tuple(leg.name for leg in term.output_legs)
-            plan = self._plan_backend(legs, output, sizes, self.memory_limit)
             if not dry and plan.largest_intermediate > MAX_ELEMENTS:
                 raise ValueError(f"contracting {term.name!r} needs an intermediate of {plan.largest_intermediate} elements, "
                                  f"more than MAX_ELEMENTS={MAX_ELEMENTS}; pass a memory_limit to slice it")
@@ -278,7 +280,8 @@ def _prod(values):
     return out
 
 
-def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, trace: bool = False, *, debug=None) -> Compiled:
+def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, trace: bool = False, *, debug=None,
+            lowering=LOWERINGS) -> Compiled:
     """Compile a network (or sum of networks) into a callable.
 
     Args:
@@ -290,6 +293,11 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
             pairs, ``.trace_dots`` ``(pass, DOT)`` pairs, both starting with the input.
         debug: check the IR's invariants before and after every pass (default:
             the environment variable ``TNCONV_DEBUG``).
+        lowering: what each term may be lowered to besides the plain contraction,
+            chosen per term by FLOPs once its sizes are known: ``"native"``
+            (PyTorch's convolution kernels for terms that are convolutions or
+            their VJPs) and ``"views"`` (patterns as strided views of an input);
+            ``()`` runs the plain contraction only. See :mod:`tnconv.lowering`.
 
     Example:
         >>> import torch, tnconv
@@ -298,7 +306,7 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
         >>> torch.allclose(f(x=x, w=w), torch.nn.functional.conv1d(x, w), atol=1e-5)
         True
     """
-    return Compiled(tn, backend, passes, memory_limit, trace, debug)
+    return Compiled(tn, backend, passes, memory_limit, trace, debug, lowering)
 
 
 __all__ = ["compile", "Compiled", "ShapeError", "PLAN_CACHE_SIZE", "MAX_ELEMENTS"]

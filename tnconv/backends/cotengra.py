@@ -51,7 +51,8 @@ def plan(inputs, output, size_dict, memory_limit=None) -> Plan:
     else:
         def run(*arrays):
             return tree.contract(arrays, backend="torch")
-    return Plan(run, equation(inputs, output), float(tree.total_flops()), int(tree.max_size()),
+    # cotengra counts a multiply-add as one operation; opt_einsum and tnconv count two
+    return Plan(run, equation(inputs, output), 2.0 * float(tree.total_flops()), int(tree.max_size()),
                 tuple(tree.get_path()), int(tree.nslices))
 
 

@@ -1,0 +1,107 @@
+"""Lowerings (native kernels, strided views) give the plain contraction's result, and are chosen."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+import tnconv
+from tnconv import diagrams
+from tnconv.lowering import check_lowering, native, views
+from tnconv.testing.strategies import conv_configs, st
+
+DT = torch.float64
+
+
+def _prod(values):
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _hyper(c):
+    return dict(N=c.N, kernel_size=c.kernel_size, stride=c.stride, padding=c.padding, dilation=c.dilation,
+                groups=c.groups)
+
+
+def _operations(c):
+    """(name, network, inputs, expected lowering) of one configuration."""
+    x = torch.randn(c.x_size, dtype=DT)
+    w = torch.randn(c.weight_size, dtype=DT)
+    y = torch.randn((c.batch, c.out_channels) + c.output_size(), dtype=DT)
+    h = _hyper(c)
+    small = c.N <= 3
+    return [
+        ("conv", diagrams.conv(**h), dict(x=x, w=w), "native" if small else "views"),
+        ("weight_vjp", diagrams.weight_vjp(**h), dict(x=x, grad_output=y), "native" if small else "views"),
+        ("input_vjp", diagrams.input_vjp(**h, input_size=c.input_size), dict(w=w, grad_output=y),
+         "native" if small else None),
+        ("per_sample", diagrams.per_sample_weight_grad(**h), dict(x=x, grad_output=y), "native" if small else "views"),
+        ("kfc", diagrams.kfc(**h), dict(x=x), "views"),
+        ("kfac_reduce", diagrams.kfac_reduce(**h), dict(x=x), None),
+        ("unfold", diagrams.unfold(**h), dict(x=x), "views"),
+    ]
+
+
+def _check(c, lowering):
+    for name, tn, inputs, expected in _operations(c):
+        lowered = tnconv.compile(tn, lowering=lowering)
+        result = lowered(**inputs)
+        reference = tnconv.compile(tn, lowering=())(**inputs)
+        torch.testing.assert_close(result, reference, msg=lambda m: f"{name} {c}: {m}")
+        plans = [t.plan for t in lowered._last.terms if t.plan is not None]
+        if expected == "native" and "native" in lowering and plans:
+            # chosen by cost: native, unless a plan with fewer FLOPs won (only on tiny sizes)
+            (chosen,) = plans
+            native_flops = 2 * c.batch * c.out_channels * (c.in_channels // c.groups) * _prod(c.output_size()) * _prod(
+                c.kernel_size)
+            assert chosen.equation.startswith("native") or chosen.flops < native_flops, (name, chosen.equation)
+
+
+@settings(deadline=None)
+@given(conv_configs(N=st.integers(1, 3)))
+def test_native_and_view_lowerings_match_the_plain_contraction(c):
+    _check(c, ("native", "views"))
+
+
+@settings(deadline=None)
+@given(conv_configs(N=st.integers(1, 3)))
+def test_view_lowering_alone_matches_the_plain_contraction(c):
+    _check(c, ("views",))
+
+
+@settings(deadline=None, max_examples=10)
+@given(conv_configs(N=st.integers(4, 5), max_size=4, max_kernel=2, max_channels=2))
+def test_lowerings_beyond_three_dimensions(c):
+    _check(c, ("native", "views"))
+
+
+def test_native_template_roles():
+    conv = native.match(tnconv.compile(diagrams.conv(N=2, kernel_size=3, groups=2)).network.terms[0])
+    assert conv.output_role == "y" and conv.batch == ("n",) and len(conv.group) == 1
+    vjp = native.match(tnconv.compile(diagrams.weight_vjp(N=1, kernel_size=3)).network.terms[0])
+    assert vjp.output_role == "w"
+    psg = native.match(tnconv.compile(diagrams.per_sample_weight_grad(N=1, kernel_size=3)).network.terms[0])
+    assert psg.output_role == "w" and "n" in psg.group and psg.batch == ()
+    assert native.match(tnconv.compile(diagrams.kfc(N=1, kernel_size=3)).network.terms[0]) is None
+
+
+def test_views_skip_patterns_whose_input_leg_is_shared():
+    term = tnconv.compile(diagrams.fold(N=1, kernel_size=3, output_size=8)).network.terms[0]
+    assert views.find(term) == {}  # fold's input leg i is an output leg: no view
+
+
+def test_lowering_keeps_gradients_and_respects_the_memory_limit():
+    x = torch.randn(2, 3, 9, dtype=DT, requires_grad=True)
+    w = torch.randn(4, 3, 3, dtype=DT, requires_grad=True)
+    f = tnconv.compile(diagrams.conv(N=1, kernel_size=3, stride=2, padding=((1, 0),)))
+    assert torch.autograd.gradcheck(lambda x, w: f(x=x, w=w), (x, w))
+    g = tnconv.compile(diagrams.kfc(N=1, kernel_size=3), memory_limit=10)
+    torch.testing.assert_close(g(x=x.detach()), tnconv.compile(diagrams.kfc(N=1, kernel_size=3), lowering=())(x=x.detach()))
+    assert g.cost()["largest_intermediate"] <= 10
+
+
+def test_bad_lowering_is_refused():
+    with pytest.raises(ValueError, match="lowering"):
+        tnconv.compile(diagrams.conv(N=1, kernel_size=3), lowering=("magic",))
+    assert check_lowering("native") == ("native",)

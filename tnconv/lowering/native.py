@@ -1,0 +1,170 @@
+"""Template matching (the paper's §4.2): a term that *is* a convolution runs PyTorch's kernel.
+
+A convolution is the contraction ``Y[b, g, co, o] = Σ X[b, g, ci, i] W[g, co, ci, k]
+Π(i, o, k)``. Every pattern ``Π(i, o, k)`` names three roles: the tensor
+holding ``i`` plays the input ``X``, the one holding ``k`` the kernel ``W``,
+the one holding ``o`` the output ``Y``. When two input tensors and the
+term's output take these three roles consistently for all patterns, the term
+is one of PyTorch's primitives:
+
+* output = ``Y``: the forward convolution,
+* output = ``X``: the input VJP (a transpose convolution),
+* output = ``W``: the weight VJP,
+
+and every other leg is classified by the roles that carry it: all three —
+a group leg (channel groups, and the batch of a per-sample gradient, which
+is how that becomes a grouped convolution); ``X`` and ``Y`` — batch; ``X``
+and ``W`` — input channel; ``W`` and ``Y`` — output channel. Anything else
+(a leg on one tensor only, a delta, a constant, more than three spatial
+dimensions) is not a template and is left to the einsum backends.
+
+Sizes the pattern fixes but PyTorch derives (an output shorter than the
+formula, asymmetric or negative padding) are met by explicit padding or
+cropping with :func:`torch.nn.functional.pad`, so the kernel always sees
+symmetric padding or none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.base import Plan
+
+#: dtypes PyTorch's convolution kernels take on every device.
+NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@dataclass(frozen=True)
+class ConvTemplate:
+    """A term recognized as a convolution: who plays which role, and its legs."""
+
+    output_role: str  # "y" (forward), "x" (input VJP) or "w" (weight VJP)
+    x: Tuple[str, ...]  # legs of the input operand playing X (or of the output)
+    w: Tuple[str, ...]
+    y: Tuple[str, ...]
+    operands: Tuple[str, str]  # the roles of the term's first and second input tensor
+    batch: Tuple[str, ...]
+    group: Tuple[str, ...]
+    c_in: Tuple[str, ...]
+    c_out: Tuple[str, ...]
+    spatial: Tuple[Tuple[str, str, str], ...]  # (i, o, k) per dimension
+    attrs: Tuple[dict, ...]
+
+
+def match(term) -> Optional[ConvTemplate]:
+    """The convolution ``term`` is, or ``None``."""
+    patterns = [t for t in term.tensors if t.kind == "pattern"]
+    others = [t for t in term.tensors if t.kind != "pattern"]
+    if not 1 <= len(patterns) <= 3 or len(others) != 2 or any(t.kind != "input" for t in others):
+        return None
+    holders = {0: [l.name for l in others[0].legs], 1: [l.name for l in others[1].legs],
+               "out": [l.name for l in term.output_legs]}
+    if any(len(set(legs)) != len(legs) for legs in holders.values()):
+        return None
+    role_of = {}
+    spatial, attrs, pattern_legs = [], [], set()
+    for p in patterns:
+        names = tuple(l.name for l in p.legs)
+        for leg, role in zip(names, "xyw"):  # a pattern's legs are (i, o, k)
+            found = [h for h, legs in holders.items() if leg in legs]
+            if len(found) != 1 or role_of.setdefault(role, found[0]) != found[0]:
+                return None
+        pattern_legs |= set(names)
+        spatial.append(names)
+        attrs.append(p.attr)
+    if len(pattern_legs) != 3 * len(patterns) or len(set(role_of.values())) != 3:
+        return None
+    legs = {role: holders[h] for role, h in role_of.items()}
+    kinds = {(True, True, True): [], (True, False, True): [], (True, True, False): [], (False, True, True): []}
+    seen = set()
+    for leg in legs["x"] + legs["w"] + legs["y"]:
+        if leg in pattern_legs or leg in seen:
+            continue
+        seen.add(leg)
+        key = (leg in legs["x"], leg in legs["w"], leg in legs["y"])
+        if key not in kinds:
+            return None
+        kinds[key].append(leg)
+    output_role = next(r for r, h in role_of.items() if h == "out")
+    operands = tuple(next(r for r, h in role_of.items() if h == n) for n in (0, 1))
+    return ConvTemplate(output_role, tuple(legs["x"]), tuple(legs["w"]), tuple(legs["y"]), operands,
+                        tuple(kinds[(True, False, True)]), tuple(kinds[(True, True, True)]),
+                        tuple(kinds[(True, True, False)]), tuple(kinds[(False, True, True)]),
+                        tuple(spatial), tuple(attrs))
+
+
+def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
+    """A :class:`Plan` running ``template`` with PyTorch's convolution kernels."""
+    t = template
+    N = len(t.spatial)
+    size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
+    Bf, Gf, Ci, Co = size(t.batch), size(t.group), size(t.c_in), size(t.c_out)
+    I = tuple(sizes[i] for i, _, _ in t.spatial)
+    O = tuple(sizes[o] for _, o, _ in t.spatial)
+    K = tuple(sizes[k] for _, _, k in t.spatial)
+    S = tuple(a["stride"] for a in t.attrs)
+    D = tuple(a["dilation"] for a in t.attrs)
+    left = tuple(a["pad_left"] for a in t.attrs)
+    # the right padding that makes PyTorch's output exactly O long (negative: crop)
+    right = tuple((o - 1) * s + (k - 1) * d + 1 - i - l for i, o, k, s, d, l in zip(I, O, K, S, D, left))
+    # PyTorch pads symmetrically; that is enough when it yields exactly O outputs
+    symmetric = all(l >= 0 and (i + 2 * l - d * (k - 1) - 1) // s + 1 == o
+                    for i, o, k, s, d, l in zip(I, O, K, S, D, left))
+    padding = left if symmetric else (0,) * N
+    explicit = [p for l, r in zip(reversed(left), reversed(right)) for p in (l, r)]
+    Ip = I if symmetric else tuple(i + l + r for i, l, r in zip(I, left, right))
+
+    layouts = {  # role -> (leg order, canonical shape)
+        "x": (t.batch + t.group + t.c_in + tuple(i for i, _, _ in t.spatial), (Bf, Gf * Ci) + I),
+        "w": (t.group + t.c_out + t.c_in + tuple(k for _, _, k in t.spatial), (Gf * Co, Ci) + K),
+        "y": (t.batch + t.group + t.c_out + tuple(o for _, o, _ in t.spatial), (Bf, Gf * Co) + O),
+    }
+    own = {"x": t.x, "w": t.w, "y": t.y}
+
+    def canonical(role, array):
+        order, shape = layouts[role]
+        perm = [own[role].index(leg) for leg in order]
+        return array.permute(perm).reshape(shape)
+
+    out_order, _ = layouts[t.output_role]
+    out_shape = tuple(sizes[n] for n in out_order)
+    to_output = [out_order.index(leg) for leg in output]
+    groups = Gf
+
+    def run(a, b):
+        ops = {t.operands[0]: canonical(t.operands[0], a), t.operands[1]: canonical(t.operands[1], b)}
+        if t.output_role == "y":
+            x = ops["x"] if symmetric else F.pad(ops["x"], explicit)
+            result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
+        elif t.output_role == "w":
+            x = ops["x"] if symmetric else F.pad(ops["x"], explicit)
+            weight = x.new_empty(1).expand(layouts["w"][1])
+            result = torch.ops.aten.convolution_backward(ops["y"], x, weight, None, S, padding, D, False,
+                                                         (0,) * N, groups, (False, True, False))[1]
+        else:
+            y = ops["y"]
+            x = y.new_empty(1).expand((Bf, Gf * Ci) + Ip)
+            result = torch.ops.aten.convolution_backward(y, x, ops["w"], None, S, padding, D, False,
+                                                         (0,) * N, groups, (True, False, False))[0]
+            if not symmetric:
+                result = F.pad(result, [-p for p in explicit])
+        return result.reshape(out_shape).permute(to_output)
+
+    flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
+    largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
+    name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role]
+    return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest)
+
+
+def applicable(template: Optional[ConvTemplate], dtype) -> bool:
+    return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
+
+
+__all__ = ["ConvTemplate", "match", "plan", "applicable", "NATIVE_DTYPES"]
