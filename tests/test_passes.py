@@ -180,7 +180,7 @@ def test_pipeline_registry_and_errors():
 
 def test_compile_trace_records_every_pass():
     f = tnconv.compile(passes.vjp(diagrams.conv(N=1, kernel_size=3), "w", fuse=False), trace=True)
-    assert [name for name, _ in f.trace] == ["input", "fuse_deltas", "drop_ones"]
+    assert [name for name, _ in f.trace] == ["input", "fuse_deltas", "drop_ones", "simplify"]
     assert "delta" in f.trace[0][1] and "delta" not in f.trace[1][1]
     assert all(dot.startswith("graph") for _, dot in f.trace_dots)
     assert tnconv.compile(diagrams.conv(N=1, kernel_size=3)).trace is None

@@ -218,7 +218,8 @@ class Compiled:
                 terms.append(_TermPlan((), None, shape, scale))
                 continue
             sources = []
-            positions, plan = lower(term, sizes, dtype, self._plan_backend, self.memory_limit, self.lowering)
+            positions, plan = lower(term, sizes, dtype, self._plan_backend, self.memory_limit, self.lowering,
+                                    None if dry else MAX_ELEMENTS)
             for position in positions:
                 t = term.tensors[position]
                 shape_of_legs = tuple(sizes[leg.name] for leg in t.legs)

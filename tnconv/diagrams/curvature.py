@@ -44,7 +44,7 @@ def _factor(patches, spec, reduce: bool, name: str):
     return passes.contract(patches, copy, output=(group, rows, cols), scale=scale, name=name)
 
 
-def kfc(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+def kfc(N, kernel_size, stride=1, padding=0, dilation=1, groups=1, input_size=None):
     """KFC (KFAC-expand) input factor of a convolution: input ``x`` ``[B, C_in, *I]``.
 
     Output ``[G, C_in/G·K, C_in/G·K]``: ``1/B Σ_b [[X_b]] [[X_b]]ᵀ`` per group.
@@ -54,11 +54,11 @@ def kfc(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         (2, 9*C/2, 9*C/2)
     """
     spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
-    patches = unfold(N, kernel_size, dilation, padding, stride, groups)
+    patches = unfold(N, kernel_size, dilation, padding, stride, groups, input_size=input_size)
     return _factor(patches, spec, False, f"kfc{spec.N}d")
 
 
-def kfac_reduce(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+def kfac_reduce(N, kernel_size, stride=1, padding=0, dilation=1, groups=1, input_size=None):
     """KFAC-reduce input factor: ``1/(B·O²) Σ_b ([[X_b]] 1)([[X_b]] 1)ᵀ`` per group.
 
     Example:
@@ -66,7 +66,7 @@ def kfac_reduce(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         1/(B*(I1 - 2)**2)
     """
     spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
-    patches = unfold(N, kernel_size, dilation, padding, stride, groups)
+    patches = unfold(N, kernel_size, dilation, padding, stride, groups, input_size=input_size)
     return _factor(patches, spec, True, f"kfac_reduce{spec.N}d")
 
 

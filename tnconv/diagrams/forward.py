@@ -88,7 +88,7 @@ def conv_transpose(N, kernel_size, stride=1, padding=0, output_padding=0, dilati
     return _finish(tn, bias, cout, output, [o for _, o, _, _ in dims], batch)
 
 
-def unfold(N, kernel_size, dilation=1, padding=0, stride=1, groups=1, batch=True) -> TensorNetwork:
+def unfold(N, kernel_size, dilation=1, padding=0, stride=1, groups=1, batch=True, input_size=None) -> TensorNetwork:
     """Diagram of im2col: ``x`` ``[B, C, *I]`` to ``[B, C*K1*..*KN, O1*..*ON]``.
 
     ``groups`` splits the channel leg into ``(g c)`` (same values, more
@@ -101,7 +101,9 @@ def unfold(N, kernel_size, dilation=1, padding=0, stride=1, groups=1, batch=True
     """
     spec = ConvSpec.make(N, kernel_size, stride, padding, dilation, groups)
     c = channel_legs("c", "C", spec.groups)
-    dims = [spatial(spec, d) for d in range(spec.N)]
+    if input_size is not None:
+        input_size = ntuple(input_size, spec.N, "input_size")
+    dims = [spatial(spec, d, input_size) for d in range(spec.N)]
     x = Tensor("x", (c,) + tuple((i,) for i, _, _, _ in dims))
     output = (c + tuple(k for *_, k, _ in dims), tuple(o for _, o, _, _ in dims))
     tn = TensorNetwork((x,) + tuple(p for *_, p in dims), output, name=f"unfold{spec.N}d")

@@ -29,8 +29,12 @@ def check_lowering(lowering) -> Tuple[str, ...]:
     return tuple(lowering)
 
 
-def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequence[str]):
-    """``(positions, plan)``: which of ``term.tensors`` the plan takes, in order, and the plan."""
+def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequence[str], cap=None):
+    """``(positions, plan)``: which of ``term.tensors`` the plan takes, in order, and the plan.
+
+    Lowerings whose largest intermediate (padded copies and views included)
+    exceeds ``memory_limit`` or ``cap`` are not considered.
+    """
     output = tuple(l.name for l in term.output_legs)
     legs = [tuple(l.name for l in t.legs) for t in term.tensors]
     everything = tuple(range(len(term.tensors)))
@@ -44,8 +48,9 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
         found = views.find(term)
         if found:
             candidates.append(_view_plan(term, legs, found, sizes, output, plan_backend, memory_limit))
-    if memory_limit is not None:  # the backend's slicing only bounds the plain contraction
-        candidates = [c for c in candidates if c[1].largest_intermediate <= memory_limit]
+    limits = [l for l in (memory_limit, cap) if l is not None]
+    if limits:  # the backend's slicing only bounds the plain contraction
+        candidates = [c for c in candidates if c[1].largest_intermediate <= min(limits)]
     candidates.append((everything, plan_backend(legs, output, sizes, memory_limit)))
     return min(candidates, key=lambda c: c[1].flops)
 
@@ -53,11 +58,12 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
 def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
     dropped = {id(p) for ps in found.values() for p in ps}
     positions = tuple(n for n, t in enumerate(term.tensors) if id(t) not in dropped)
-    new_legs, makers = [], {}
+    new_legs, makers, padded = [], {}, [0]
     for slot, n in enumerate(positions):
         if n in found:
             new_legs.append(views.view_legs(legs[n], found[n]))
-            makers[slot] = views.make_view(legs[n], found[n], sizes)
+            makers[slot], copy = views.make_view(legs[n], found[n], sizes)
+            padded.append(copy)
         else:
             new_legs.append(legs[n])
     inner = plan_backend(new_legs, output, sizes, memory_limit)
@@ -66,7 +72,7 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
         return inner(*(makers[s](a) if s in makers else a for s, a in enumerate(arrays)))
 
     # a view that the contraction copies costs as much memory as the im2col matrix
-    largest = max([inner.largest_intermediate] + [views.elements(new_legs[s], sizes) for s in makers])
+    largest = max([inner.largest_intermediate] + padded + [views.elements(new_legs[s], sizes) for s in makers])
     return positions, Plan(run, "views: " + inner.equation, inner.flops, largest, inner.path, inner.slices)
 
 

@@ -54,7 +54,8 @@ def view_legs(legs: Tuple[str, ...], patterns) -> Tuple[str, ...]:
 
 
 def make_view(legs: Tuple[str, ...], patterns, sizes: dict):
-    """``fn(array) -> view``: pad (or crop) each patterned axis, then ``as_strided``."""
+    """``(fn, padded)``: ``fn(array) -> view`` pads (or crops) each patterned axis, then
+    takes ``as_strided``; ``padded`` is the number of elements of the padded copy (0: none)."""
     axes = []
     for p in patterns:
         i, o, k = (l.name for l in p.legs)
@@ -71,6 +72,8 @@ def make_view(legs: Tuple[str, ...], patterns, sizes: dict):
         pad[at], pad[at + 1] = left, right
     needs_pad = any(pad)
     by_axis = {axis: (O, K, S, D) for axis, O, K, S, D, _, _ in axes}
+    extent = {axis: sizes[legs[axis]] + left + right for axis, *_, left, right in axes}
+    padded = prod(extent.get(a, sizes[leg]) for a, leg in enumerate(legs)) if needs_pad else 0
 
     def view(array):
         if needs_pad:
@@ -86,7 +89,7 @@ def make_view(legs: Tuple[str, ...], patterns, sizes: dict):
                 stride.append(st)
         return array.as_strided(size, stride, array.storage_offset())
 
-    return view
+    return view, padded
 
 
 def elements(legs, sizes) -> int:

@@ -11,7 +11,7 @@ from ..ir import check, to_dot
 PASSES: Dict[str, Callable] = {}
 
 #: The passes ``compile(..., passes="default")`` runs, in order.
-DEFAULT_PIPELINE = ("fuse_deltas", "drop_ones")
+DEFAULT_PIPELINE = ("fuse_deltas", "drop_ones", "simplify")
 
 
 class PassError(RuntimeError):
