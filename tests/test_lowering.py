@@ -106,3 +106,24 @@ def test_bad_lowering_is_refused():
     with pytest.raises(ValueError, match="lowering"):
         tnconv.compile(diagrams.conv(N=1, kernel_size=3), lowering=("magic",))
     assert check_lowering("native") == ("native",)
+
+
+@pytest.mark.parametrize("make", [diagrams.kfc, diagrams.kfac_reduce])
+def test_kronecker_factors_become_one_matrix_product_of_a_view(make):
+    # the view is made once for both copies of x, KFAC-reduce sums it over o first: no im2col copy
+    tn = make(N=2, kernel_size=3, stride=2, padding=1, groups=2)
+    x = torch.randn(3, 8, 11, 11, dtype=DT)
+    f = tnconv.compile(tn)
+    torch.testing.assert_close(f(x=x), tnconv.compile(tn, lowering=())(x=x))
+    (plan,) = [t.plan for t in f._last.terms if t.plan is not None]
+    assert plan.equation.startswith("views: gram"), plan.equation
+
+
+def test_native_lowering_broadcasts_constants_on_output_only_legs():
+    x = torch.randn(2, 4, 9, 9, dtype=DT)
+    g = torch.randn(2, 6, 5, 5, dtype=DT)
+    tn = diagrams.weight_vjp(N=2, kernel_size=1, stride=2)
+    f = tnconv.compile(tn)
+    result = f(x=x, grad_output=g)
+    torch.testing.assert_close(result, torch.nn.grad.conv2d_weight(x, (6, 4, 1, 1), g, stride=2))
+    result.add_(1.0)  # writable: not a stride-0 view

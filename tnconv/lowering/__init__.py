@@ -13,6 +13,7 @@ the plain contraction, which is what the paper's einsum formulation runs.
 
 from __future__ import annotations
 
+from math import prod
 from typing import Sequence, Tuple
 
 from ..backends.base import Plan
@@ -42,7 +43,7 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
     if "native" in lowering and memory_limit is None:
         template = native.match(term)
         if native.applicable(template, dtype):
-            inputs = tuple(n for n, t in enumerate(term.tensors) if t.kind != "pattern")
+            inputs = tuple(n for n, t in enumerate(term.tensors) if t.kind == "input")
             candidates.append((inputs, native.plan(template, sizes, output)))
     if "views" in lowering:
         found = views.find(term)
@@ -56,24 +57,76 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
 
 
 def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
+    """Patterns become views; legs only a view carries are summed on it; equal views are made once."""
     dropped = {id(p) for ps in found.values() for p in ps}
     positions = tuple(n for n, t in enumerate(term.tensors) if id(t) not in dropped)
+    raw = [views.view_legs(legs[n], found[n]) if n in found else legs[n] for n in positions]
+    uses = {}
+    for slot_legs in raw:
+        for leg in slot_legs:
+            uses[leg] = uses.get(leg, 0) + 1
     new_legs, makers, padded = [], {}, [0]
     for slot, n in enumerate(positions):
-        if n in found:
-            new_legs.append(views.view_legs(legs[n], found[n]))
-            makers[slot], copy = views.make_view(legs[n], found[n], sizes)
-            padded.append(copy)
-        else:
-            new_legs.append(legs[n])
-    inner = plan_backend(new_legs, output, sizes, memory_limit)
+        if n not in found:
+            new_legs.append(raw[slot])
+            continue
+        # KFAC-reduce sums each patch over the output positions: do it on the view, before any copy
+        reduce = tuple(a for a, leg in enumerate(raw[slot]) if uses[leg] == 1 and leg not in output)
+        maker, copy = views.make_view(legs[n], found[n], sizes)
+        key = (term.tensors[n].name, tuple(sorted(
+            (legs[n].index(p.legs[0].name), sizes[p.legs[1].name], sizes[p.legs[2].name], p.attrs) for p in found[n])), reduce)
+        makers[slot] = (key, maker, reduce)
+        padded.append(copy)
+        new_legs.append(tuple(leg for a, leg in enumerate(raw[slot]) if a not in reduce))
+    gram = _gram(new_legs, output, sizes) if len(new_legs) == 2 and len(makers) == 2 and \
+        makers[0][0] == makers[1][0] else None
+    inner = gram or plan_backend(new_legs, output, sizes, memory_limit)
 
     def run(*arrays):
-        return inner(*(makers[s](a) if s in makers else a for s, a in enumerate(arrays)))
+        made, operands = {}, []
+        for s, a in enumerate(arrays):
+            if s in makers:
+                key, maker, reduce = makers[s]
+                if key not in made:
+                    v = maker(a)
+                    made[key] = v.sum(reduce) if reduce else v
+                a = made[key]
+            operands.append(a)
+        return inner(*operands)
 
     # a view that the contraction copies costs as much memory as the im2col matrix
     largest = max([inner.largest_intermediate] + padded + [views.elements(new_legs[s], sizes) for s in makers])
     return positions, Plan(run, "views: " + inner.equation, inner.flops, largest, inner.path, inner.slices)
+
+
+def _gram(legs, output, sizes):
+    """``A Aᵀ`` as one matrix product when both operands are the same tensor with renamed free legs."""
+    a, b = legs
+    if len(a) != len(b):
+        return None
+    batch, free_a, free_b, summed = [], [], [], []
+    for la, lb in zip(a, b):
+        if la == lb:
+            (batch if la in output else summed).append(la)
+        elif la in output and lb in output and la not in b and lb not in a:
+            free_a.append(la)
+            free_b.append(lb)
+        else:
+            return None
+    if sorted(output) != sorted(batch + free_a + free_b) or len(set(a)) != len(a):
+        return None
+    size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
+    g, f, s = size(batch), size(free_a), size(summed)
+    order = [a.index(leg) for leg in batch + free_a + summed]
+    result_legs = batch + free_a + free_b
+    to_output = [result_legs.index(leg) for leg in output]
+    shape = tuple(sizes[n] for n in result_legs)
+
+    def run(x, _same):
+        m = x.permute(order).reshape(g, f, s)
+        return (m @ m.transpose(1, 2)).reshape(shape).permute(to_output)
+
+    return Plan(run, f"gram [{g}, {f}, {s}]", 2.0 * g * f * f * s, g * f * (f + s))
 
 
 __all__ = ["LOWERINGS", "check_lowering", "lower"]

@@ -56,16 +56,30 @@ class ConvTemplate:
     c_out: Tuple[str, ...]
     spatial: Tuple[Tuple[str, str, str], ...]  # (i, o, k) per dimension
     attrs: Tuple[dict, ...]
+    summed: Tuple[Tuple[int, ...], Tuple[int, ...]] = ((), ())  # axes of each operand only it carries
+    broadcast: Tuple[str, ...] = ()  # output legs only constants carry
+    factor: float = 1.0  # product of those constants' values
 
 
 def match(term) -> Optional[ConvTemplate]:
     """The convolution ``term`` is, or ``None``."""
     patterns = [t for t in term.tensors if t.kind == "pattern"]
-    others = [t for t in term.tensors if t.kind != "pattern"]
+    constants = [t for t in term.tensors if t.kind == "constant"]
+    others = [t for t in term.tensors if t.kind not in ("pattern", "constant")]
     if not 1 <= len(patterns) <= 3 or len(others) != 2 or any(t.kind != "input" for t in others):
         return None
+    out_legs = [l.name for l in term.output_legs]
+    # constants on output legs nothing else carries broadcast the result (the k leg of a 1x1 weight VJP)
+    broadcast, factor = [], 1.0
+    for c in constants:
+        names = [l.name for l in c.legs]
+        elsewhere = {l.name for t in term.tensors if t is not c for l in t.legs}
+        if any(n not in out_legs or n in elsewhere or n in broadcast for n in names):
+            return None
+        broadcast += names
+        factor *= c.attr["value"]
     holders = {0: [l.name for l in others[0].legs], 1: [l.name for l in others[1].legs],
-               "out": [l.name for l in term.output_legs]}
+               "out": [n for n in out_legs if n not in broadcast]}
     if any(len(set(legs)) != len(legs) for legs in holders.values()):
         return None
     role_of = {}
@@ -81,6 +95,13 @@ def match(term) -> Optional[ConvTemplate]:
         attrs.append(p.attr)
     if len(pattern_legs) != 3 * len(patterns) or len(set(role_of.values())) != 3:
         return None
+    # a summed leg that only one operand carries is summed out first
+    summed = []
+    for n in (0, 1):
+        alone = [a for a, leg in enumerate(holders[n]) if leg not in pattern_legs
+                 and leg not in holders[1 - n] and leg not in holders["out"]]
+        summed.append(tuple(alone))
+        holders[n] = [leg for a, leg in enumerate(holders[n]) if a not in alone]
     legs = {role: holders[h] for role, h in role_of.items()}
     kinds = {(True, True, True): [], (True, False, True): [], (True, True, False): [], (False, True, True): []}
     seen = set()
@@ -97,7 +118,7 @@ def match(term) -> Optional[ConvTemplate]:
     return ConvTemplate(output_role, tuple(legs["x"]), tuple(legs["w"]), tuple(legs["y"]), operands,
                         tuple(kinds[(True, False, True)]), tuple(kinds[(True, True, True)]),
                         tuple(kinds[(True, True, False)]), tuple(kinds[(False, True, True)]),
-                        tuple(spatial), tuple(attrs))
+                        tuple(spatial), tuple(attrs), tuple(summed), tuple(broadcast), factor)
 
 
 def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
@@ -135,10 +156,16 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
 
     out_order, _ = layouts[t.output_role]
     out_shape = tuple(sizes[n] for n in out_order)
-    to_output = [out_order.index(leg) for leg in output]
+    full_order = out_order + t.broadcast
+    full_shape = out_shape + tuple(sizes[n] for n in t.broadcast)
+    to_output = [full_order.index(leg) for leg in output]
     groups = Gf
 
     def run(a, b):
+        if t.summed[0]:
+            a = a.sum(t.summed[0])
+        if t.summed[1]:
+            b = b.sum(t.summed[1])
         ops = {t.operands[0]: canonical(t.operands[0], a), t.operands[1]: canonical(t.operands[1], b)}
         if t.output_role == "y":
             x = ops["x"] if symmetric else F.pad(ops["x"], explicit)
@@ -155,7 +182,13 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
                                                          (0,) * N, groups, (True, False, False))[0]
             if not symmetric:
                 result = F.pad(result, [-p for p in explicit])
-        return result.reshape(out_shape).permute(to_output)
+        result = result.reshape(out_shape)
+        if t.broadcast:
+            # a fresh tensor, not a stride-0 view, so callers may write into it
+            result = result.reshape(out_shape + (1,) * len(t.broadcast)).expand(full_shape) * t.factor
+        elif t.factor != 1:
+            result = result * t.factor
+        return result.permute(to_output)
 
     flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
