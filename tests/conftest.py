@@ -26,8 +26,10 @@ try:  # hypothesis profiles: "ci" by default, "thorough" on demand
     _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
                    derandomize=False)
     settings.register_profile("ci", max_examples=25, **_common)
-    settings.register_profile("thorough", max_examples=10_000, **_common)
     import os
+
+    # HYPOTHESIS_MAX_EXAMPLES scales the on-demand profile (10,000 per property by default)
+    settings.register_profile("thorough", max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", 10_000)), **_common)
 
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # pragma: no cover

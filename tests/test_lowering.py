@@ -127,3 +127,17 @@ def test_native_lowering_broadcasts_constants_on_output_only_legs():
     result = f(x=x, grad_output=g)
     torch.testing.assert_close(result, torch.nn.grad.conv2d_weight(x, (6, 4, 1, 1), g, stride=2))
     result.add_(1.0)  # writable: not a stride-0 view
+
+
+def test_window_starting_further_left_than_the_input_is_long():
+    # found by the thorough profile: one pixel, padding (2, 0), stride 3 -> the only window reads padding
+    kw = dict(kernel_size=1, stride=3, padding=((2, 0),))
+    x = torch.randn(1, 2, 1, dtype=DT)
+    w = torch.randn(3, 2, 1, dtype=DT)
+    cases = ((diagrams.unfold(N=1, **kw), dict(x=x)), (diagrams.conv(N=1, **kw), dict(x=x, w=w)),
+             (diagrams.input_vjp(N=1, input_size=(1,), **kw), dict(w=w, grad_output=torch.randn(1, 3, 1, dtype=DT))))
+    for lowering in (("native", "views"), ("views",)):
+        for tn, inputs in cases:
+            result = tnconv.compile(tn, lowering=lowering)(**inputs)
+            torch.testing.assert_close(result, tnconv.compile(tn, lowering=())(**inputs))
+            assert not result.any()

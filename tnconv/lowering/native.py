@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Plan
+from . import views
 
 #: dtypes PyTorch's convolution kernels take on every device.
 NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -168,10 +169,10 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
             b = b.sum(t.summed[1])
         ops = {t.operands[0]: canonical(t.operands[0], a), t.operands[1]: canonical(t.operands[1], b)}
         if t.output_role == "y":
-            x = ops["x"] if symmetric else F.pad(ops["x"], explicit)
+            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
         elif t.output_role == "w":
-            x = ops["x"] if symmetric else F.pad(ops["x"], explicit)
+            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             weight = x.new_empty(1).expand(layouts["w"][1])
             result = torch.ops.aten.convolution_backward(ops["y"], x, weight, None, S, padding, D, False,
                                                          (0,) * N, groups, (False, True, False))[1]
@@ -181,7 +182,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
             result = torch.ops.aten.convolution_backward(y, x, ops["w"], None, S, padding, D, False,
                                                          (0,) * N, groups, (True, False, False))[0]
             if not symmetric:
-                result = F.pad(result, [-p for p in explicit])
+                result = views.pad_crop(result, [-p for p in explicit])
         result = result.reshape(out_shape)
         if t.broadcast:
             # a fresh tensor, not a stride-0 view, so callers may write into it

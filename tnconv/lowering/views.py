@@ -72,12 +72,12 @@ def make_view(legs: Tuple[str, ...], patterns, sizes: dict):
         pad[at], pad[at + 1] = left, right
     needs_pad = any(pad)
     by_axis = {axis: (O, K, S, D) for axis, O, K, S, D, _, _ in axes}
-    extent = {axis: sizes[legs[axis]] + left + right for axis, *_, left, right in axes}
-    padded = prod(extent.get(a, sizes[leg]) for a, leg in enumerate(legs)) if needs_pad else 0
+    grown = {axis: sizes[legs[axis]] + max(left, 0) + max(right, 0) for axis, *_, left, right in axes}
+    padded = prod(grown.get(a, sizes[leg]) for a, leg in enumerate(legs)) if any(p > 0 for p in pad) else 0
 
     def view(array):
         if needs_pad:
-            array = F.pad(array, pad)
+            array = pad_crop(array, pad)
         size, stride = [], []
         for axis, (n, st) in enumerate(zip(array.shape, array.stride())):
             if axis in by_axis:
@@ -90,6 +90,23 @@ def make_view(legs: Tuple[str, ...], patterns, sizes: dict):
         return array.as_strided(size, stride, array.storage_offset())
 
     return view, padded
+
+
+def pad_crop(array, pad):
+    """``F.pad`` in its ``pad`` order, but growing before cropping.
+
+    ``F.pad`` crops negative amounts first, which fails when a crop on one side
+    exceeds the axis before the other side's padding is added (an input of one
+    pixel whose window starts two pixels to the left).
+    """
+    if any(p > 0 for p in pad):
+        array = F.pad(array, [max(p, 0) for p in pad])
+    for n in range(len(pad) // 2):
+        left, right = min(pad[2 * n], 0), min(pad[2 * n + 1], 0)
+        if left or right:
+            axis = array.ndim - 1 - n
+            array = array.narrow(axis, -left, array.shape[axis] + left + right)
+    return array
 
 
 def elements(legs, sizes) -> int:
