@@ -159,7 +159,6 @@ def _with_crs(base):
 
 
 class Conv1d(_TNConvMixin, torch.nn.Conv1d):
-    __init__ = _with_crs(torch.nn.Conv1d)
     """``torch.nn.Conv1d`` computed by tnconv (same arguments, parameters and state_dict).
 
     Extra keyword arguments ``crs_keep`` and ``generator`` switch on column-row
@@ -171,9 +170,10 @@ class Conv1d(_TNConvMixin, torch.nn.Conv1d):
         torch.Size([2, 4, 8])
     """
 
+    __init__ = _with_crs(torch.nn.Conv1d)
+
 
 class Conv2d(_TNConvMixin, torch.nn.Conv2d):
-    __init__ = _with_crs(torch.nn.Conv2d)
     """``torch.nn.Conv2d`` computed by tnconv (same arguments, parameters and state_dict).
 
     Extra keyword arguments ``crs_keep`` and ``generator`` switch on column-row
@@ -188,9 +188,10 @@ class Conv2d(_TNConvMixin, torch.nn.Conv2d):
         True
     """
 
+    __init__ = _with_crs(torch.nn.Conv2d)
+
 
 class Conv3d(_TNConvMixin, torch.nn.Conv3d):
-    __init__ = _with_crs(torch.nn.Conv3d)
     """``torch.nn.Conv3d`` computed by tnconv (same arguments, parameters and state_dict).
 
     Extra keyword arguments ``crs_keep`` and ``generator`` switch on column-row
@@ -200,6 +201,8 @@ class Conv3d(_TNConvMixin, torch.nn.Conv3d):
         >>> Conv3d(2, 4, 3)(torch.randn(1, 2, 5, 5, 5)).shape
         torch.Size([1, 4, 3, 3, 3])
     """
+
+    __init__ = _with_crs(torch.nn.Conv3d)
 
 
 class ConvNd(_TNConvMixin, _ConvNd):

@@ -23,6 +23,7 @@ LOWERINGS = ("native", "views")
 
 
 def check_lowering(lowering) -> Tuple[str, ...]:
+    """``lowering`` as a tuple of names from :data:`LOWERINGS`; a ``ValueError`` names the valid ones."""
     if isinstance(lowering, str):
         lowering = (lowering,)
     if not isinstance(lowering, (tuple, list)) or any(l not in LOWERINGS for l in lowering):

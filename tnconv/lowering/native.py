@@ -198,6 +198,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
 
 
 def applicable(template: Optional[ConvTemplate], dtype) -> bool:
+    """Whether PyTorch has a kernel for ``template`` in ``dtype`` (N ≤ 3, floating dtypes)."""
     return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
 
 

@@ -27,6 +27,7 @@ def register(name: str):
 
 
 def get_pass(name):
+    """``(name, function)`` of a registered pass name or a callable; an unknown name lists the valid ones."""
     if callable(name):
         return getattr(name, "__name__", repr(name)), name
     if name not in PASSES:

@@ -11,7 +11,8 @@ __all__ = ["ConvConfig", "conv", "conv_transpose", "fold", "patches", "random_co
 
 def __getattr__(name):
     if name == "strategies":
-        from . import strategies
+        # import_module, not ``from . import``: that looks the name up here first and recurses
+        import importlib
 
-        return strategies
+        return importlib.import_module(f"{__name__}.strategies")
     raise AttributeError(name)
