@@ -119,14 +119,24 @@ def test_kronecker_factors_become_one_matrix_product_of_a_view(make):
     assert plan.equation.startswith("views: gram"), plan.equation
 
 
-def test_native_lowering_broadcasts_constants_on_output_only_legs():
-    x = torch.randn(2, 4, 9, 9, dtype=DT)
-    g = torch.randn(2, 6, 5, 5, dtype=DT)
-    tn = diagrams.weight_vjp(N=2, kernel_size=1, stride=2)
-    f = tnconv.compile(tn)
-    result = f(x=x, grad_output=g)
-    torch.testing.assert_close(result, torch.nn.grad.conv2d_weight(x, (6, 4, 1, 1), g, stride=2))
-    result.add_(1.0)  # writable: not a stride-0 view
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_terms_run_as_native_1x1_convolutions(groups):
+    # squeeze_trivial leaves no pattern in a 1x1 convolution; its k legs become ones on the output
+    x, g = torch.randn(2, 4, 5, 3, dtype=DT), torch.randn(2, 6, 5, 3, dtype=DT)
+    w = torch.randn(6, 4 // groups, 1, 1, dtype=DT)
+    cases = [(diagrams.conv(N=2, kernel_size=1, groups=groups), dict(x=x, w=w), "native conv"),
+             (diagrams.weight_vjp(N=2, kernel_size=1, groups=groups), dict(x=x, grad_output=g), "native conv_weight_vjp"),
+             (diagrams.input_vjp(N=2, kernel_size=1, groups=groups, input_size=(5, 3)), dict(w=w, grad_output=g), "native conv")]
+    expected = [torch.nn.functional.conv2d(x, w, groups=groups),
+                torch.nn.grad.conv2d_weight(x, w.shape, g, groups=groups),
+                torch.nn.grad.conv2d_input(x.shape, w, g, groups=groups)]
+    for (tn, inputs, lowered), reference in zip(cases, expected):
+        f = tnconv.compile(tn)
+        result = f(**inputs)
+        torch.testing.assert_close(result, reference)
+        (plan,) = [t.plan for t in f._last.terms if t.plan is not None]
+        assert plan.equation.startswith(lowered), plan.equation
+        result.add_(1.0)  # writable: not a stride-0 view
 
 
 def test_window_starting_further_left_than_the_input_is_long():

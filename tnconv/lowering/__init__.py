@@ -14,7 +14,7 @@ the plain contraction, which is what the paper's einsum formulation runs.
 from __future__ import annotations
 
 from math import prod
-from typing import Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 from ..backends.base import Plan
 from . import native, views
@@ -38,6 +38,9 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
     exceeds ``memory_limit`` or ``cap`` are not considered.
     """
     output = tuple(l.name for l in term.output_legs)
+    strip = _broadcasts(term, output)
+    if strip and len(strip) < len(term.tensors):
+        return _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_limit, lowering, cap)
     legs = [tuple(l.name for l in t.legs) for t in term.tensors]
     everything = tuple(range(len(term.tensors)))
     candidates = []
@@ -55,6 +58,53 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
         candidates = [c for c in candidates if c[1].largest_intermediate <= min(limits)]
     candidates.append((everything, plan_backend(legs, output, sizes, memory_limit)))
     return min(candidates, key=lambda c: c[1].flops)
+
+
+class _Part(NamedTuple):
+    """A term seen without some of its tensors (what :func:`lower` reads of a network)."""
+
+    tensors: tuple
+    output_legs: tuple
+
+
+def _broadcasts(term, output):
+    """Positions of constants whose legs are output legs no other tensor carries: they only broadcast.
+
+    Such a constant is what remains of a size-1 kernel leg after ``squeeze_trivial``
+    (the ``k`` legs of a 1x1 weight VJP or KFC); left in, it hides the term's
+    template and becomes an operand of every contraction.
+    """
+    found = []
+    for n, t in enumerate(term.tensors):
+        names = [l.name for l in t.legs]
+        if t.kind != "constant" or not names or len(set(names)) != len(names):
+            continue
+        others = {l.name for m, u in enumerate(term.tensors) if m != n for l in u.legs}
+        if all(name in output and name not in others for name in names):
+            found.append(n)
+    return found
+
+
+def _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_limit, lowering, cap):
+    kept = [n for n in range(len(term.tensors)) if n not in strip]
+    gone = [l.name for n in strip for l in term.tensors[n].legs]
+    factor = prod(float(term.tensors[n].attr["value"]) for n in strip)
+    part = _Part(tuple(term.tensors[n] for n in kept), tuple(l for l in term.output_legs if l.name not in gone))
+    positions, inner = lower(part, sizes, dtype, plan_backend, memory_limit, lowering, cap)
+    order = tuple(l.name for l in part.output_legs) + tuple(gone)
+    shape = tuple(sizes[n] for n in order)
+    to_output = [order.index(n) for n in output]
+    trivial = all(sizes[n] == 1 for n in gone)
+
+    def run(*arrays):
+        result = inner(*arrays).reshape(shape[:len(order) - len(gone)] + (1,) * len(gone))
+        # expand makes a stride-0 view; a copy lets callers write into the result
+        result = result if trivial else result.expand(shape).contiguous()
+        return (result * factor if factor != 1 else result).permute(to_output)
+
+    out_elements = prod(shape)
+    return tuple(kept[p] for p in positions), Plan(run, inner.equation, inner.flops + out_elements * (factor != 1),
+                                                   max(inner.largest_intermediate, out_elements), inner.path, inner.slices)
 
 
 def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):

@@ -15,8 +15,11 @@ and every other leg is classified by the roles that carry it: all three —
 a group leg (channel groups, and the batch of a per-sample gradient, which
 is how that becomes a grouped convolution); ``X`` and ``Y`` — batch; ``X``
 and ``W`` — input channel; ``W`` and ``Y`` — output channel. Anything else
-(a leg on one tensor only, a delta, a constant, more than three spatial
-dimensions) is not a template and is left to the einsum backends.
+(a delta, a constant, more than three spatial dimensions) is not a
+template and is left to the einsum backends; a leg on one operand only that
+the output lacks is summed out first. A term without patterns (a 1x1
+convolution once ``squeeze_trivial`` removed its identity patterns) is a 1x1
+convolution over its flattened pixels.
 
 Sizes the pattern fixes but PyTorch derives (an output shorter than the
 formula, asymmetric or negative padding) are met by explicit padding or
@@ -58,51 +61,37 @@ class ConvTemplate:
     spatial: Tuple[Tuple[str, str, str], ...]  # (i, o, k) per dimension
     attrs: Tuple[dict, ...]
     summed: Tuple[Tuple[int, ...], Tuple[int, ...]] = ((), ())  # axes of each operand only it carries
-    broadcast: Tuple[str, ...] = ()  # output legs only constants carry
-    factor: float = 1.0  # product of those constants' values
+    flat: Tuple[str, ...] = ()  # a pattern-free term: X-and-Y legs run as one spatial axis of a 1x1 kernel
 
 
 def match(term) -> Optional[ConvTemplate]:
     """The convolution ``term`` is, or ``None``."""
     patterns = [t for t in term.tensors if t.kind == "pattern"]
-    constants = [t for t in term.tensors if t.kind == "constant"]
-    others = [t for t in term.tensors if t.kind not in ("pattern", "constant")]
-    if not 1 <= len(patterns) <= 3 or len(others) != 2 or any(t.kind != "input" for t in others):
+    others = [t for t in term.tensors if t.kind != "pattern"]
+    if len(patterns) > 3 or len(others) != 2 or any(t.kind != "input" for t in others):
         return None
-    out_legs = [l.name for l in term.output_legs]
-    # constants on output legs nothing else carries broadcast the result (the k leg of a 1x1 weight VJP)
-    broadcast, factor = [], 1.0
-    for c in constants:
-        names = [l.name for l in c.legs]
-        elsewhere = {l.name for t in term.tensors if t is not c for l in t.legs}
-        if any(n not in out_legs or n in elsewhere or n in broadcast for n in names):
-            return None
-        broadcast += names
-        factor *= c.attr["value"]
     holders = {0: [l.name for l in others[0].legs], 1: [l.name for l in others[1].legs],
-               "out": [n for n in out_legs if n not in broadcast]}
+               "out": [l.name for l in term.output_legs]}
     if any(len(set(legs)) != len(legs) for legs in holders.values()):
         return None
-    role_of = {}
     spatial, attrs, pattern_legs = [], [], set()
     for p in patterns:
         names = tuple(l.name for l in p.legs)
-        for leg, role in zip(names, "xyw"):  # a pattern's legs are (i, o, k)
-            found = [h for h, legs in holders.items() if leg in legs]
-            if len(found) != 1 or role_of.setdefault(role, found[0]) != found[0]:
-                return None
         pattern_legs |= set(names)
         spatial.append(names)
         attrs.append(p.attr)
-    if len(pattern_legs) != 3 * len(patterns) or len(set(role_of.values())) != 3:
+    if len(pattern_legs) != 3 * len(patterns):
         return None
-    # a summed leg that only one operand carries is summed out first
+    # a summed leg that only one operand carries is summed out first (size-1 kernel legs, KFAC-reduce's o)
     summed = []
     for n in (0, 1):
         alone = [a for a, leg in enumerate(holders[n]) if leg not in pattern_legs
                  and leg not in holders[1 - n] and leg not in holders["out"]]
         summed.append(tuple(alone))
         holders[n] = [leg for a, leg in enumerate(holders[n]) if a not in alone]
+    role_of = _roles(spatial, holders) if patterns else _pointwise_roles(holders)
+    if role_of is None:
+        return None
     legs = {role: holders[h] for role, h in role_of.items()}
     kinds = {(True, True, True): [], (True, False, True): [], (True, True, False): [], (False, True, True): []}
     seen = set()
@@ -114,26 +103,63 @@ def match(term) -> Optional[ConvTemplate]:
         if key not in kinds:
             return None
         kinds[key].append(leg)
+    batch, flat = kinds[(True, False, True)], ()
+    if not patterns:  # X-and-Y legs after X's first channel leg are its (flattened) pixels
+        channels = [a for a, leg in enumerate(legs["x"]) if leg in kinds[(True, True, False)] + kinds[(True, True, True)]]
+        first = channels[0] if channels else len(legs["x"])
+        flat = tuple(leg for leg in legs["x"][first:] if leg in batch)
+        batch = [leg for leg in batch if leg not in flat]
     output_role = next(r for r, h in role_of.items() if h == "out")
     operands = tuple(next(r for r, h in role_of.items() if h == n) for n in (0, 1))
     return ConvTemplate(output_role, tuple(legs["x"]), tuple(legs["w"]), tuple(legs["y"]), operands,
-                        tuple(kinds[(True, False, True)]), tuple(kinds[(True, True, True)]),
+                        tuple(batch), tuple(kinds[(True, True, True)]),
                         tuple(kinds[(True, True, False)]), tuple(kinds[(False, True, True)]),
-                        tuple(spatial), tuple(attrs), tuple(summed), tuple(broadcast), factor)
+                        tuple(spatial), tuple(attrs), tuple(summed), flat)
+
+
+def _roles(spatial, holders):
+    """Role -> holder, read off the patterns' ``(i, o, k)`` legs."""
+    role_of = {}
+    for names in spatial:
+        for leg, role in zip(names, "xyw"):
+            found = [h for h, legs in holders.items() if leg in legs]
+            if len(found) != 1 or role_of.setdefault(role, found[0]) != found[0]:
+                return None
+    return role_of if len(set(role_of.values())) == 3 else None
+
+
+def _pointwise_roles(holders):
+    """Roles of a pattern-free term (a 1x1 convolution, a batched matrix product).
+
+    Any assignment is correct; the pair sharing the most legs plays ``X`` and
+    ``Y`` (pixels and batch), and the output plays ``Y`` when it can, since the
+    forward kernel is PyTorch's fastest.
+    """
+    def shared(a, b):
+        return len(set(holders[a]) & set(holders[b]) - set(holders[({0, 1, "out"} - {a, b}).pop()]))
+
+    pairs = sorted([(0, "out"), (1, "out"), (0, 1)], key=lambda p: -shared(*p))
+    a, b = pairs[0]
+    if b == "out":
+        return {"x": a, "y": "out", "w": 1 - a}
+    return {"x": a, "y": b, "w": "out"}
 
 
 def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     """A :class:`Plan` running ``template`` with PyTorch's convolution kernels."""
     t = template
-    N = len(t.spatial)
     size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
     Bf, Gf, Ci, Co = size(t.batch), size(t.group), size(t.c_in), size(t.c_out)
-    I = tuple(sizes[i] for i, _, _ in t.spatial)
-    O = tuple(sizes[o] for _, o, _ in t.spatial)
-    K = tuple(sizes[k] for _, _, k in t.spatial)
-    S = tuple(a["stride"] for a in t.attrs)
-    D = tuple(a["dilation"] for a in t.attrs)
-    left = tuple(a["pad_left"] for a in t.attrs)
+    if t.spatial:
+        N = len(t.spatial)
+        I = tuple(sizes[i] for i, _, _ in t.spatial)
+        O = tuple(sizes[o] for _, o, _ in t.spatial)
+        K = tuple(sizes[k] for _, _, k in t.spatial)
+        S = tuple(a["stride"] for a in t.attrs)
+        D = tuple(a["dilation"] for a in t.attrs)
+        left = tuple(a["pad_left"] for a in t.attrs)
+    else:  # a 1x1 convolution over the flattened pixels
+        N, I, O, K, S, D, left = 1, (size(t.flat),), (size(t.flat),), (1,), (1,), (1,), (0,)
     # the right padding that makes PyTorch's output exactly O long (negative: crop)
     right = tuple((o - 1) * s + (k - 1) * d + 1 - i - l for i, o, k, s, d, l in zip(I, O, K, S, D, left))
     # PyTorch pads symmetrically; that is enough when it yields exactly O outputs
@@ -144,9 +170,9 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     Ip = I if symmetric else tuple(i + l + r for i, l, r in zip(I, left, right))
 
     layouts = {  # role -> (leg order, canonical shape)
-        "x": (t.batch + t.group + t.c_in + tuple(i for i, _, _ in t.spatial), (Bf, Gf * Ci) + I),
+        "x": (t.batch + t.group + t.c_in + (tuple(i for i, _, _ in t.spatial) or t.flat), (Bf, Gf * Ci) + I),
         "w": (t.group + t.c_out + t.c_in + tuple(k for _, _, k in t.spatial), (Gf * Co, Ci) + K),
-        "y": (t.batch + t.group + t.c_out + tuple(o for _, o, _ in t.spatial), (Bf, Gf * Co) + O),
+        "y": (t.batch + t.group + t.c_out + (tuple(o for _, o, _ in t.spatial) or t.flat), (Bf, Gf * Co) + O),
     }
     own = {"x": t.x, "w": t.w, "y": t.y}
 
@@ -157,9 +183,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
 
     out_order, _ = layouts[t.output_role]
     out_shape = tuple(sizes[n] for n in out_order)
-    full_order = out_order + t.broadcast
-    full_shape = out_shape + tuple(sizes[n] for n in t.broadcast)
-    to_output = [full_order.index(leg) for leg in output]
+    to_output = [out_order.index(leg) for leg in output]
     groups = Gf
 
     def run(a, b):
@@ -183,13 +207,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
                                                          (0,) * N, groups, (True, False, False))[0]
             if not symmetric:
                 result = views.pad_crop(result, [-p for p in explicit])
-        result = result.reshape(out_shape)
-        if t.broadcast:
-            # a fresh tensor, not a stride-0 view, so callers may write into it
-            result = result.reshape(out_shape + (1,) * len(t.broadcast)).expand(full_shape) * t.factor
-        elif t.factor != 1:
-            result = result * t.factor
-        return result.permute(to_output)
+        return result.reshape(out_shape).permute(to_output)
 
     flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
