@@ -93,6 +93,14 @@ def plot(rows, out: Path) -> List[Path]:
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, 1, 2 rather than 5x10^-1
+
+    def log_axis(ax):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
 
     ok = _ok(rows)
     colors = dict(zip(KINDS, ("tab:blue", "tab:purple", "tab:green", "tab:orange")))
@@ -109,7 +117,7 @@ def plot(rows, out: Path) -> List[Path]:
             if pts:
                 ax.scatter(*zip(*pts), s=12, color=colors[kind], label=kind)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
+        log_axis(ax)
         ax.set_ylabel(f"{op}\ntnconv / std")
         starts = [i for i, (net, _) in enumerate(labels) if i == 0 or labels[i - 1][0] != net]
         for i in starts[1:]:
@@ -119,26 +127,30 @@ def plot(rows, out: Path) -> List[Path]:
     ends = starts[1:] + [len(labels)]
     bottom.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
     bottom.set_xticklabels([labels[s][0] for s in starts], rotation=30, ha="right")
-    axes[0, 0].legend(loc="upper left", fontsize="small", ncol=len(KINDS))
-    axes[0, 0].set_title("Run time ratio tnconv / standard per layer (below 1: tnconv faster)")
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize="small", ncol=len(KINDS))
+    fig.suptitle("Run time ratio tnconv / standard per layer (below 1: tnconv faster)", x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     paths.append(out / "ratio_per_layer.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
     for ax, (title, value) in zip(axes[0], (("run time", lambda r: r.ratio), ("extra peak memory", _memory_ratio))):
+        seen = set()
         data = [[v for v in (value(r) for r in ok if r.op == op) if v > 0 and math.isfinite(v)] for op in ops]
         ax.boxplot([d or [math.nan] for d in data], showfliers=False, widths=0.6)
         for i, op in enumerate(ops):
             for kind in KINDS:
                 ys = [value(r) for r in ok if r.op == op and r.kind == kind]
                 ys = [y for y in ys if y > 0 and math.isfinite(y)]
+                if not ys:
+                    continue
                 # deterministic jitter: spread points by their rank so none hide behind another
                 xs = [i + 1 + 0.25 * ((j % 9) / 4 - 1) for j in range(len(ys))]
-                ax.scatter(xs, ys, s=9, alpha=0.7, color=colors[kind], label=kind if i == 0 else None)
+                ax.scatter(xs, ys, s=9, alpha=0.7, color=colors[kind], label=kind if kind not in seen else None)
+                seen.add(kind)
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_yscale("log")
+        log_axis(ax)
         ax.set_xticks(range(1, len(ops) + 1))
         ax.set_xticklabels(ops, rotation=20)
         ax.set_title(f"{title}: tnconv / standard")
