@@ -143,7 +143,7 @@ def sample_cost(in_channels, out_channels, input_size, kernel_size, stride, padd
 
     Example:
         >>> sample_cost(3, 64, (32, 32), (5, 5), (1, 1), (0, 0), (1, 1), 1)
-        (58800, 7526400)
+        (58800, 8820000)
     """
     O = math.prod(_out(*a) for a in zip(input_size, kernel_size, stride, padding, dilation))
     K = math.prod(kernel_size)
