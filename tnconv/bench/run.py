@@ -179,15 +179,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"tnconv bench needs {' and '.join(missing)} (the 'bench' extra): "
               f"python -m pip install 'tnconv[bench]'  (or: python -m pip install {' '.join(missing)})", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
-    from .report import markdown_table, write_results
-
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's setting as it was
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .report import markdown_table, write_results
+
     layers = list(select(args.nets))
     if args.quick:
         layers = quick_layers(layers)
