@@ -7,7 +7,9 @@ memory the call holds beyond what existed before it; its maximum is the
 call's extra peak, the output it returns included. The records are read raw,
 one per allocation: the profiler's per-operator summary nets out an
 allocation freed within the same operator (an im2col buffer, say) and would
-hide it.
+hide it. Memory a library takes from the system by itself rather than from
+PyTorch's allocator (a BLAS workspace, say) is not seen, for either
+implementation alike.
 """
 
 from __future__ import annotations
