@@ -2,7 +2,8 @@
 
 ``tnconv show OP [options]`` prints an operation's diagram, the einsum the
 backend will run and its cost; ``tnconv demo`` runs the embedded end-to-end
-check against PyTorch.
+check against PyTorch; ``tnconv bench`` times tnconv against PyTorch on the
+layers of nine CNNs (needs the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -127,10 +128,17 @@ def main(argv=None) -> int:
     _show_parser(sub)
     demo = sub.add_parser("demo", help="end-to-end run on embedded CNN layers, checked against PyTorch")
     demo.add_argument("--repeats", type=int, default=5)
+    from .bench.run import add_arguments
+
+    add_arguments(sub.add_parser("bench", help="time tnconv against PyTorch on the layers of nine CNNs; CSV, table, plots"))
     args = parser.parse_args(argv)
     try:
         if args.command == "show":
             return show(args)
+        if args.command == "bench":
+            from .bench.run import run
+
+            return run(args)
         from .demo import run
 
         return run(repeats=args.repeats)

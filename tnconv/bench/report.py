@@ -1,0 +1,188 @@
+"""Benchmark results out: the CSV, the Markdown medians table and the plots.
+
+matplotlib is imported only by :func:`plot`, so the CSV and the table need
+nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .layers import KINDS
+from .ops import OPS
+
+#: The CSV's columns, in order.
+COLUMNS = ("net", "layer", "kind", "op", "batch", "tnconv_ms", "standard_ms", "ratio", "tnconv_peak_mb",
+           "standard_peak_mb", "max_rel_err", "error")
+
+
+def write_csv(rows, path: Path) -> Path:
+    """One line per row under the header :data:`COLUMNS`; NaN of an error row as an empty field."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            values = dataclasses.astuple(row)
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v
+                             for v in values])
+    return path
+
+
+def _ok(rows):
+    return [row for row in rows if not row.error]
+
+
+def medians(rows, key: str = "ratio") -> Dict[str, Dict[str, tuple]]:
+    """``{op: {"all" or kind: (median of key, count)}}`` over the rows without error.
+
+    Example:
+        >>> from tnconv.bench.run import Row
+        >>> rows = [Row("n", "l", "dense", "kfc", 1, 1.0, 2.0, r, 1.0, 1.0, 0.0) for r in (0.5, 1.0, 4.0)]
+        >>> medians(rows)["kfc"]["all"]
+        (1.0, 3)
+    """
+    table = {}
+    for op in OPS:
+        of_op = [row for row in _ok(rows) if row.op == op]
+        if not of_op:
+            continue
+        cells = {"all": of_op, **{kind: [r for r in of_op if r.kind == kind] for kind in KINDS}}
+        table[op] = {name: (statistics.median(getattr(r, key) for r in cells[name]), len(cells[name]))
+                     for name in cells if cells[name]}
+    return table
+
+
+def _memory_ratio(row) -> float:
+    # a standard call that allocates nothing beyond its inputs would make any ratio infinite
+    return row.tnconv_peak_mb / row.standard_peak_mb if row.standard_peak_mb > 0 else math.nan
+
+
+def markdown_table(rows) -> str:
+    """Median time ratio tnconv/standard per operation, overall and per kind, with the median peak-memory ratio.
+
+    A cell reads ``median (number of layers)``; below 1 tnconv is faster.
+    """
+    time = medians(rows)
+    memory = {}
+    for op in time:
+        ratios = [r for r in map(_memory_ratio, (row for row in _ok(rows) if row.op == op)) if not math.isnan(r)]
+        memory[op] = statistics.median(ratios) if ratios else math.nan
+    kinds = [kind for kind in KINDS if any(kind in cells for cells in time.values())]
+    head = ["operation", "all"] + kinds + ["peak memory (all)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for op, cells in time.items():
+        values = [f"{cells[k][0]:.2f} ({cells[k][1]})" if k in cells else "–" for k in ["all"] + kinds]
+        lines.append("| " + " | ".join([op] + values + [f"{memory[op]:.2f}"]) + " |")
+    errors = len(rows) - len(_ok(rows))
+    note = (f"Median ratio tnconv / standard (layers); below 1 tnconv is faster or uses less memory. "
+            f"{errors} error row(s) left out." if errors else
+            "Median ratio tnconv / standard (layers); below 1 tnconv is faster or uses less memory.")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def plot(rows, out: Path) -> List[Path]:
+    """``ratio_per_layer.png`` (time ratio of every layer, one panel per operation) and ``ratio_per_op.png``
+    (box and strip plot of the time and peak-memory ratios per operation), both log scale with a line at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    # round ratios as tick labels, so a narrow range (0.9 to 1.5, say) still gets a few
+    coarse = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+    fine = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.2, 1.5, 2, 3, 5, 7, 10)
+
+    def log_axis(ax):
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ladder = fine if high / low < 10 else coarse
+        ax.yaxis.set_major_locator(FixedLocator([t for t in ladder if low <= t <= high] or [1]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+    ok = _ok(rows)
+    colors = dict(zip(KINDS, ("tab:blue", "tab:purple", "tab:green", "tab:orange")))
+    ops = [op for op in OPS if any(r.op == op for r in ok)]
+    labels = list(dict.fromkeys((r.net, r.layer) for r in rows))
+    position = {label: i for i, label in enumerate(labels)}
+    paths = []
+
+    fig, axes = plt.subplots(len(ops) or 1, 1, figsize=(max(8, 0.09 * len(labels) + 3), 2.0 * max(len(ops), 1) + 1),
+                             sharex=True, squeeze=False)
+    for ax, op in zip(axes[:, 0], ops):
+        for kind in KINDS:
+            pts = [(position[(r.net, r.layer)], r.ratio) for r in ok if r.op == op and r.kind == kind]
+            if pts:
+                ax.scatter(*zip(*pts), s=12, color=colors[kind], label=kind)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        log_axis(ax)
+        ax.set_ylabel(f"{op}\ntnconv / std")
+        starts = [i for i, (net, _) in enumerate(labels) if i == 0 or labels[i - 1][0] != net]
+        for i in starts[1:]:
+            ax.axvline(i - 0.5, color="grey", linewidth=0.5, linestyle=":")
+    bottom = axes[-1, 0]
+    starts = [i for i, (net, _) in enumerate(labels) if i == 0 or labels[i - 1][0] != net]
+    ends = starts[1:] + [len(labels)]
+    bottom.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
+    bottom.set_xticklabels([labels[s][0] for s in starts], rotation=30, ha="right")
+    fig.suptitle("Run time tnconv / standard per layer (below 1: tnconv faster)", x=0.02, y=0.995, ha="left")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1, 0.975),
+               fontsize="small", ncol=len(KINDS))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    paths.append(out / "ratio_per_layer.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
+    for ax, (title, value) in zip(axes[0], (("run time", lambda r: r.ratio), ("extra peak memory", _memory_ratio))):
+        seen = set()
+        data = [[v for v in (value(r) for r in ok if r.op == op) if v > 0 and math.isfinite(v)] for op in ops]
+        ax.boxplot([d or [math.nan] for d in data], showfliers=False, widths=0.6)
+        for i, op in enumerate(ops):
+            for kind in KINDS:
+                ys = [value(r) for r in ok if r.op == op and r.kind == kind]
+                ys = [y for y in ys if y > 0 and math.isfinite(y)]
+                if not ys:
+                    continue
+                # deterministic jitter: spread points by their rank so none hide behind another
+                xs = [i + 1 + 0.25 * ((j % 9) / 4 - 1) for j in range(len(ys))]
+                ax.scatter(xs, ys, s=9, alpha=0.7, color=colors[kind], label=kind if kind not in seen else None)
+                seen.add(kind)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        log_axis(ax)
+        ax.set_xticks(range(1, len(ops) + 1))
+        ax.set_xticklabels(ops, rotation=20)
+        ax.set_title(f"{title}: tnconv / standard")
+    axes[0, 0].legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(out / "ratio_per_op.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_results(rows, out: Path, meta: Optional[dict] = None, plots: bool = True) -> List[Path]:
+    """Write ``results.csv``, ``summary.md`` (the table and the run's settings) and, with ``plots``, the plots.
+
+    Returns the paths written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_csv(rows, out / "results.csv")]
+    summary = out / "summary.md"
+    settings = f"\n\nRun: `{json.dumps(meta)}`\n" if meta else "\n"
+    summary.write_text(markdown_table(rows) + settings)
+    paths.append(summary)
+    if plots and _ok(rows):
+        paths.extend(plot(rows, out))
+    return paths
+
+
+__all__ = ["COLUMNS", "write_csv", "medians", "markdown_table", "plot", "write_results"]

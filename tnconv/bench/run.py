@@ -1,0 +1,239 @@
+"""The measurement loop and the ``tnconv bench`` command.
+
+For every layer and operation it builds tnconv's and the standard callable
+on the same random float32 data, checks once that they agree, warms both up
+(tnconv's first call compiles and plans; both then run from warm caches),
+then times them interleaved -- the two alternate, and which goes first
+alternates too, so drifting machine load hits both alike -- and takes the
+median of each. The extra peak memory of one more call of each is measured
+last, under the profiler (:mod:`.memory`), so profiling never slows a timed
+call. A disagreement or an exception is an error row, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence
+
+import torch
+
+from .layers import NETS, Layer, select
+from .memory import peak_memory
+from .ops import DESCRIPTIONS, OPS, make
+
+#: Largest accepted ``max |tnconv - standard| / max |standard|`` in float32.
+TOLERANCE = 1e-4
+
+#: Layers of a ``--quick`` run: one of each kind that occurs, all small.
+QUICK_LAYERS = (
+    "3c3d/conv1",
+    "resnet18/layer2.0.downsample.0",
+    "convnext_base/features.0.0",
+    "inception_v3/Mixed_6b.branch7x7_2",
+    "mobilenet_v2/features.1.conv.0.0",
+)
+
+#: Largest batch of a ``--quick`` run.
+QUICK_BATCH = 2
+
+#: Packages of the ``bench`` extra that the command needs.
+EXTRAS = ("tqdm", "matplotlib")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One layer × operation: times in ms, extra peak memory in MB (10⁶ bytes), and the check's error.
+
+    ``error`` is empty when both ran and agreed; otherwise it says what went
+    wrong and the measurements are NaN.
+    """
+
+    net: str
+    layer: str
+    kind: str
+    op: str
+    batch: int
+    tnconv_ms: float
+    standard_ms: float
+    ratio: float
+    tnconv_peak_mb: float
+    standard_peak_mb: float
+    max_rel_err: float
+    error: str = ""
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """``max |ours - theirs| / max |theirs|`` (inf if the shapes differ).
+
+    Example:
+        >>> relative_error(torch.tensor([1.0, -4.0]), torch.tensor([1.0, -2.0]))
+        1.0
+    """
+    if ours.shape != theirs.shape:
+        return math.inf
+    scale = theirs.abs().max().item() if theirs.numel() else 0.0
+    return (ours - theirs).abs().max().item() / (scale or 1.0) if theirs.numel() else 0.0
+
+
+def _seconds(fn: Callable) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _error_row(layer: Layer, op: str, error: str, err: float = math.nan) -> Row:
+    nan = math.nan
+    return Row(layer.net, layer.name, layer.kind, op, layer.batch, nan, nan, nan, nan, nan, err, error)
+
+
+def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERANCE) -> Row:
+    """Check, warm up, time interleaved and measure the peak memory of ``op`` on ``layer``.
+
+    Example:
+        >>> from tnconv.bench.layers import NETS
+        >>> row = measure(NETS["2c2d"][0], "kfac_reduce", repeats=1)
+        >>> row.error, row.ratio > 0
+        ('', True)
+    """
+    try:
+        ours, theirs = make(layer, op)
+        err = relative_error(ours(), theirs())  # tnconv's first call compiles and plans here
+        if not err <= tolerance:  # NaN fails too
+            return _error_row(layer, op, f"mismatch: max|tnconv - standard|/max|standard| = {err:.2e} > {tolerance:.0e}", err)
+        ours(), theirs()  # warm-up from the caches
+        times = {ours: [], theirs: []}
+        for r in range(repeats):
+            for fn in (ours, theirs) if r % 2 == 0 else (theirs, ours):
+                times[fn].append(_seconds(fn))
+        _, peak_ours = peak_memory(ours)
+        _, peak_theirs = peak_memory(theirs)
+    except Exception as error:  # any failure of either implementation becomes the row's error
+        return _error_row(layer, op, f"{type(error).__name__}: {error}".splitlines()[0])
+    t_ours, t_theirs = statistics.median(times[ours]), statistics.median(times[theirs])
+    return Row(layer.net, layer.name, layer.kind, op, layer.batch, t_ours * 1e3, t_theirs * 1e3, t_ours / t_theirs,
+               peak_ours / 1e6, peak_theirs / 1e6, err)
+
+
+def benchmark(layers: Sequence[Layer], ops: Sequence[str] = OPS, repeats: int = 10, tolerance: float = TOLERANCE,
+              progress: Optional[Callable[[Iterable], Iterable]] = None) -> List[Row]:
+    """One :class:`Row` per layer × operation, layer by layer.
+
+    ``progress`` wraps the iterable of ``(layer, op)`` pairs (e.g. ``tqdm``).
+
+    Example:
+        >>> from tnconv.bench.layers import NETS
+        >>> [row.op for row in benchmark(NETS["2c2d"][:1], ["forward", "kfc"], repeats=1)]
+        ['forward', 'kfc']
+    """
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise ValueError(f"unknown operation(s) {unknown}; choose from {list(OPS)}")
+    pairs = [(layer, op) for layer in layers for op in ops]
+    rows = []
+    for layer, op in (progress(pairs) if progress else pairs):
+        rows.append(measure(layer, op, repeats, tolerance))
+    return rows
+
+
+def quick_layers(layers: Sequence[Layer]) -> List[Layer]:
+    """The :data:`QUICK_LAYERS` among ``layers`` (else the first of each net), batch at most :data:`QUICK_BATCH`."""
+    chosen = [layer for layer in layers if layer.label in QUICK_LAYERS]
+    if not chosen:
+        firsts = {}
+        for layer in layers:
+            firsts.setdefault(layer.net, layer)
+        chosen = list(firsts.values())
+    return [dataclasses.replace(layer, batch=min(layer.batch, QUICK_BATCH)) for layer in chosen]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options, shared by ``tnconv bench`` and ``benchmarks/run.py``."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {len(QUICK_LAYERS)} small layers, batch <= {QUICK_BATCH}, 2 repeats")
+    parser.add_argument("--nets", nargs="+", metavar="NET", choices=list(NETS), help=f"nets to run (default all): {', '.join(NETS)}")
+    parser.add_argument("--ops", nargs="+", metavar="OP", choices=list(OPS), help=f"operations (default all): {', '.join(OPS)}")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls of each implementation (default 10, quick 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both implementations (default 2)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest relative error of the check (default {TOLERANCE:g})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default benchmarks/results, quick benchmarks/results/quick)")
+    return parser
+
+
+def missing_extras() -> List[str]:
+    """The packages of :data:`EXTRAS` that are not installed."""
+    return [name for name in EXTRAS if importlib.util.find_spec(name) is None]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark ``args`` describe, write the results, print the medians; 1 if any row is an error."""
+    missing = missing_extras()
+    if missing:
+        print(f"tnconv bench needs {' and '.join(missing)} (the 'bench' extra): "
+              f"python -m pip install 'tnconv[bench]'  (or: python -m pip install {' '.join(missing)})", file=sys.stderr)
+        return 2
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # leave the caller's setting as it was
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .report import markdown_table, write_results
+
+    layers = list(select(args.nets))
+    if args.quick:
+        layers = quick_layers(layers)
+    repeats = args.repeats or (2 if args.quick else 10)
+    ops = args.ops or list(OPS)
+    out = args.out or Path("benchmarks/results/quick" if args.quick else "benchmarks/results")
+    print(f"tnconv bench: {len(layers)} layers x {len(ops)} operations, {repeats} interleaved repeats, "
+          f"{args.threads} thread(s), float32 -> {out}")
+
+    def progress(pairs):
+        bar = tqdm(pairs, unit="op", dynamic_ncols=True)
+        for layer, op in bar:
+            bar.set_postfix_str(f"{layer.label} {op}", refresh=False)
+            yield layer, op
+
+    start = time.perf_counter()
+    rows = benchmark(layers, ops, repeats, args.tolerance, progress)
+    elapsed = time.perf_counter() - start
+    meta = dict(layers=len(layers), ops=ops, repeats=repeats, threads=args.threads, quick=args.quick,
+                torch=torch.__version__, seconds=round(elapsed, 1))
+    paths = write_results(rows, out, meta, plots=True)
+    print(f"\n{markdown_table(rows)}\n")
+    errors = [row for row in rows if row.error]
+    for row in errors:
+        print(f"ERROR {row.net}/{row.layer} {row.op}: {row.error}", file=sys.stderr)
+    print(f"{len(rows)} rows in {elapsed:.0f} s, {len(errors)} error(s); wrote {', '.join(str(p) for p in paths)}")
+    return 1 if errors else 0
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python benchmarks/run.py``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.splitlines()[0]))
+    try:
+        return run(parser.parse_args(argv))
+    except ValueError as error:
+        print(f"benchmarks/run.py: {error}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["Row", "TOLERANCE", "QUICK_LAYERS", "measure", "benchmark", "quick_layers", "relative_error",
+           "add_arguments", "run", "main", "DESCRIPTIONS"]
