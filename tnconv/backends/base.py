@@ -17,6 +17,8 @@ class Plan:
         largest_intermediate: number of elements of the largest intermediate.
         path: the pairwise contraction path, as positions (opt_einsum's format).
         slices: how many slices the contraction is split into (1: none).
+        write: elements written in all (intermediates, copies and the output);
+            0 when unknown. Lowerings are chosen by ``flops`` and ``write``.
     """
 
     run: Callable
@@ -25,6 +27,7 @@ class Plan:
     largest_intermediate: int
     path: tuple = ()
     slices: int = 1
+    write: float = 0.0
 
     def __call__(self, *arrays):
         return self.run(*arrays)

@@ -53,7 +53,7 @@ def plan(inputs, output, size_dict, memory_limit=None) -> Plan:
             return tree.contract(arrays, backend="torch")
     # cotengra counts a multiply-add as one operation; opt_einsum and tnconv count two
     return Plan(run, equation(inputs, output), 2.0 * float(tree.total_flops()), int(tree.max_size()),
-                tuple(tree.get_path()), int(tree.nslices))
+                tuple(tree.get_path()), int(tree.nslices), float(tree.total_write()))
 
 
 def _single(legs, output):

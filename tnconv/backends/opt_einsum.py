@@ -17,4 +17,4 @@ def plan(inputs, output, size_dict, memory_limit=None) -> Plan:
     def run(*arrays):
         return expression(*arrays, backend="torch")
 
-    return Plan(run, eq, float(info.opt_cost), int(info.largest_intermediate), tuple(path))
+    return Plan(run, eq, float(info.opt_cost), int(info.largest_intermediate), tuple(path), write=float(sum(info.size_list)))

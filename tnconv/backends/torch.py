@@ -28,7 +28,7 @@ def plan(inputs, output, size_dict, memory_limit=None) -> Plan:
             return torch.einsum(eq, *arrays)
     else:
         run = _pairwise(inputs, output, path)
-    return Plan(run, eq, float(info.opt_cost), int(info.largest_intermediate), tuple(path))
+    return Plan(run, eq, float(info.opt_cost), int(info.largest_intermediate), tuple(path), write=float(sum(info.size_list)))
 
 
 def _pairwise(inputs, output, path):

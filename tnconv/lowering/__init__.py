@@ -6,8 +6,8 @@
   (:mod:`.views`) and the backend contracts what is left;
 * the plain contraction of every tensor, patterns included, by the backend.
 
-The choice is by the FLOPs each plan reports (ties go to the earlier in that
-list, which never uses more memory). ``compile(..., lowering=())`` keeps only
+The choice is by the FLOPs and the elements written that each plan reports
+(:func:`cost`; ties go to the earlier in that list, which never uses more memory). ``compile(..., lowering=())`` keeps only
 the plain contraction, which is what the paper's einsum formulation runs.
 """
 
@@ -57,7 +57,19 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
     if limits:  # the backend's slicing only bounds the plain contraction
         candidates = [c for c in candidates if c[1].largest_intermediate <= min(limits)]
     candidates.append((everything, plan_backend(legs, output, sizes, memory_limit)))
-    return min(candidates, key=lambda c: c[1].flops)
+    return min(candidates, key=lambda c: cost(c[1]))
+
+
+#: FLOPs one written element is worth. A contraction writing each output after
+#: only a few multiply-adds (a GEMM with a short inner dimension, a transpose)
+#: is bound by memory, not arithmetic: on these CPUs a well-shaped float32 GEMM
+#: runs at ~50 GFLOP/s on one core while strided copies move ~0.2-0.5 G elements/s.
+WRITE_COST = 256
+
+
+def cost(plan: Plan) -> float:
+    """What the choice among lowerings minimizes: FLOPs plus :data:`WRITE_COST` per element written."""
+    return plan.flops + WRITE_COST * plan.write
 
 
 class _Part(NamedTuple):
@@ -103,8 +115,10 @@ def _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_lim
         return (result * factor if factor != 1 else result).permute(to_output)
 
     out_elements = prod(shape)
+    extra = out_elements * ((factor != 1) + (not trivial))
     return tuple(kept[p] for p in positions), Plan(run, inner.equation, inner.flops + out_elements * (factor != 1),
-                                                   max(inner.largest_intermediate, out_elements), inner.path, inner.slices)
+                                                   max(inner.largest_intermediate, out_elements), inner.path, inner.slices,
+                                                   inner.write + extra)
 
 
 def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
@@ -116,7 +130,7 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
     for slot_legs in raw:
         for leg in slot_legs:
             uses[leg] = uses.get(leg, 0) + 1
-    new_legs, makers, padded = [], {}, [0]
+    new_legs, makers, padded, written = [], {}, [0], {}  # written: per distinct view, its copies
     for slot, n in enumerate(positions):
         if n not in found:
             new_legs.append(raw[slot])
@@ -129,6 +143,8 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
         makers[slot] = (key, maker, reduce)
         padded.append(copy)
         new_legs.append(tuple(leg for a, leg in enumerate(raw[slot]) if a not in reduce))
+        # the padded copy, then the sum over reduced legs or (likely) the contraction's copy of the view
+        written[key] = (copy, views.elements(new_legs[-1] if reduce else raw[slot], sizes))
     gram = _gram(new_legs, output, sizes) if len(new_legs) == 2 and len(makers) == 2 and \
         makers[0][0] == makers[1][0] else None
     inner = gram or plan_backend(new_legs, output, sizes, memory_limit)
@@ -147,7 +163,9 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
 
     # a view that the contraction copies costs as much memory as the im2col matrix
     largest = max([inner.largest_intermediate] + padded + [views.elements(new_legs[s], sizes) for s in makers])
-    return positions, Plan(run, "views: " + inner.equation, inner.flops, largest, inner.path, inner.slices)
+    # gram counts its own copy of the view; padding is a contiguous copy, cheap beside a contraction's writes
+    write = inner.write + sum(0 if gram and not makers[0][2] else view for _, view in written.values())
+    return positions, Plan(run, "views: " + inner.equation, inner.flops, largest, inner.path, inner.slices, write)
 
 
 def _gram(legs, output, sizes):
@@ -177,7 +195,7 @@ def _gram(legs, output, sizes):
         m = x.permute(order).reshape(g, f, s)
         return (m @ m.transpose(1, 2)).reshape(shape).permute(to_output)
 
-    return Plan(run, f"gram [{g}, {f}, {s}]", 2.0 * g * f * f * s, g * f * (f + s))
+    return Plan(run, f"gram [{g}, {f}, {s}]", 2.0 * g * f * f * s, g * f * (f + s), write=g * f * (f + s))
 
 
 __all__ = ["LOWERINGS", "check_lowering", "lower"]

@@ -212,7 +212,10 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
     name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role]
-    return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest)
+    out_elements = prod(out_shape)
+    write = out_elements + (0 if symmetric else Bf * Gf * Ci * prod(Ip))
+    return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest,
+                write=write)
 
 
 def applicable(template: Optional[ConvTemplate], dtype) -> bool:
