@@ -158,3 +158,17 @@ def test_unfixed_sizes_are_named():
     with pytest.raises(ValueError, match=r"C_out.*keyword"):
         jac(x=torch.randn(2, 3, 8))
     assert jac(x=torch.randn(2, 3, 8), C_out=2).shape == (2, 2, 6, 2, 3, 3)
+
+
+def test_scaling_in_place_never_writes_into_an_input():
+    # the plan of a lone permuted input may return a view of it; only fresh results are scaled in place
+    tn = tnconv.TensorNetwork.from_text(
+        "network t\n  index a = A\n  index b = B\n  tensor x : input (a) (b)\n  output (b) (a)\n  scale 2\nend\n")
+    x = torch.randn(3, 4)
+    before = x.clone()
+    for backend in ("cotengra", "opt_einsum", "torch"):
+        torch.testing.assert_close(tnconv.compile(tn, backend=backend)(x=x), 2 * before.T)
+        torch.testing.assert_close(x, before)
+    total = tnconv.compile(tnconv.NetworkSum((tn, tn)))(x=x)  # accumulating into a fresh sum, not into x
+    torch.testing.assert_close(total, 4 * before.T)
+    torch.testing.assert_close(x, before)

@@ -163,3 +163,13 @@ def test_window_starting_further_left_than_the_input_is_long():
             result = tnconv.compile(tn, lowering=lowering)(**inputs)
             torch.testing.assert_close(result, tnconv.compile(tn, lowering=())(**inputs))
             assert not result.any()
+
+
+def test_pattern_sum_is_the_pattern_summed_over_its_output_leg():
+    from tnconv.ir.pattern import pattern_sum, pattern_tensor
+
+    for I, K, S, P, D in [(7, 3, 1, 1, 1), (9, 2, 3, 0, 2), (5, 4, 2, 3, 1), (1, 1, 3, 2, 1), (12, 3, 2, 5, 3)]:
+        O = (I + 2 * P - D * (K - 1) - 1) // S + 1
+        if O > 0:
+            expected = pattern_tensor(I, O, K, S, P, D, dtype=DT).sum(1)
+            torch.testing.assert_close(pattern_sum(I, O, K, S, P, D, dtype=DT), expected)

@@ -47,15 +47,24 @@ class _ExecutionPlan:
             for name, (I, M) in self.selects.items():
                 if name not in tensors:
                     tensors[name] = _selection(I, M, generator, self.dtype, self.device)
+        owned = False  # whether ``result`` is ours to write into
         for term in self.terms:
             if term.plan is None:  # a zero-sized leg: the contraction is empty
-                value = torch.zeros(self.out_shape, dtype=self.dtype, device=self.device)
+                value, mine = torch.zeros(self.out_shape, dtype=self.dtype, device=self.device), True
             else:
                 operands = [tensors[s[1]].reshape(s[2]) if s[0] == "input" else s[1] for s in term.sources]
                 value = term.plan(*operands).reshape(self.out_shape)
+                mine = _owned(value, operands)
+            # a fresh result of the plan is scaled and accumulated in place: one pass and one allocation less
             if term.scale != 1:
-                value = value * term.scale
-            result = value if result is None else result + value
+                value = value.mul_(term.scale) if mine else value * term.scale
+                mine = True
+            if result is None:
+                result, owned = value, mine
+            elif owned:
+                result.add_(value)
+            else:
+                result, owned = result + value, True
         return result
 
     @property
@@ -65,6 +74,17 @@ class _ExecutionPlan:
     @property
     def largest_intermediate(self) -> int:
         return max((t.plan.largest_intermediate for t in self.terms if t.plan is not None), default=0)
+
+
+def _owned(value, operands) -> bool:
+    """Whether ``value`` may be written in place: no autograd history and no memory shared with an operand."""
+    if value.requires_grad or value._base is not None and value._base.requires_grad:
+        return False
+    try:
+        storage = value.untyped_storage().data_ptr()
+        return all(not isinstance(a, torch.Tensor) or a.untyped_storage().data_ptr() != storage for a in operands)
+    except (NotImplementedError, RuntimeError):  # functorch's wrapped tensors (vmap, grad) have no plain storage
+        return False
 
 
 def _selection(I, M, generator, dtype, device):

@@ -68,3 +68,15 @@ def pattern_tensor(I: int, O: int, K: int, S: int, pad_left: int, D: int, dtype=
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return pattern
+
+
+def pattern_sum(I: int, O: int, K: int, S: int, pad_left: int, D: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """``Σ_o Π[i, o, k]`` as an ``[I, K]`` tensor, without materializing Π (``O`` may be huge).
+
+    Example:
+        >>> bool((pattern_sum(6, 4, 3, 1, 0, 1) == pattern_tensor(6, 4, 3, 1, 0, 1).sum(1)).all())
+        True
+    """
+    offset = torch.arange(I, device=device).view(I, 1) + pad_left - torch.arange(K, device=device).view(1, K) * D
+    hit = (offset >= 0) & (offset % S == 0) & (offset // S < O)
+    return hit.to(dtype)

@@ -16,7 +16,10 @@ from __future__ import annotations
 from math import prod
 from typing import NamedTuple, Sequence, Tuple
 
+import torch
+
 from ..backends.base import Plan
+from ..ir.pattern import pattern_sum
 from . import native, views
 
 LOWERINGS = ("native", "views")
@@ -45,6 +48,9 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
     everything = tuple(range(len(term.tensors)))
     candidates = []
     if "native" in lowering and memory_limit is None:
+        absorbed = _absorbable_selects(term, output)
+        if absorbed:  # a sampled input, scattered back, may be a convolution again
+            candidates.append(_scatter_plan(term, absorbed, sizes, dtype, plan_backend, memory_limit, lowering, cap))
         template = native.match(term)
         if native.applicable(template, dtype):
             inputs = tuple(n for n, t in enumerate(term.tensors) if t.kind == "input")
@@ -56,8 +62,34 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
     limits = [l for l in (memory_limit, cap) if l is not None]
     if limits:  # the backend's slicing only bounds the plain contraction
         candidates = [c for c in candidates if c[1].largest_intermediate <= min(limits)]
-    candidates.append((everything, plan_backend(legs, output, sizes, memory_limit)))
+    candidates.append((everything, _presummed(legs, output, sizes, plan_backend, memory_limit)))
     return min(candidates, key=lambda c: cost(c[1]))
+
+
+def _presummed(legs, output, sizes, plan_backend, memory_limit):
+    """The backend's plan, after summing each leg that one operand alone carries (and the output lacks).
+
+    KFAC-reduce's ``Σ_o`` sits on the pattern alone: summed first, ``Π(i, o, k)``
+    becomes an ``[I, K]`` matrix and the input meets it in two small matrix products,
+    without padding or a view. Backends need not do this themselves.
+    """
+    count = {}
+    for operand in legs:
+        for leg in set(operand):
+            count[leg] = count.get(leg, 0) + 1
+    lone = [tuple(a for a, leg in enumerate(operand) if count[leg] == 1 and leg not in output
+                  and operand.count(leg) == 1) for operand in legs]
+    if not any(lone) or any(len(l) == len(operand) for l, operand in zip(lone, legs)):
+        return plan_backend(legs, output, sizes, memory_limit)
+    reduced = [tuple(leg for a, leg in enumerate(operand) if a not in l) for operand, l in zip(legs, lone)]
+    inner = plan_backend(reduced, output, sizes, memory_limit)
+
+    def run(*arrays):
+        return inner(*(a.sum(l) if l else a for a, l in zip(arrays, lone)))
+
+    work = sum(views.elements(operand, sizes) for operand, l in zip(legs, lone) if l)
+    return Plan(run, inner.equation, inner.flops + work, inner.largest_intermediate, inner.path, inner.slices,
+                inner.write + sum(views.elements(r, sizes) for r, l in zip(reduced, lone) if l))
 
 
 #: FLOPs one written element is worth. A contraction writing each output after
@@ -121,6 +153,69 @@ def _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_lim
                                                    inner.write + extra)
 
 
+def _absorbable_selects(term, output):
+    """``(select, input)`` positions where a CRS selection ``S[i, s]`` meets its input alone on ``s``."""
+    found = []
+    for n, t in enumerate(term.tensors):
+        if t.kind != "select":
+            continue
+        i, s = (l.name for l in t.legs)
+        holders = [m for m, u in enumerate(term.tensors) if m != n and s in {l.name for l in u.legs}]
+        if s in output or len(holders) != 1 or term.tensors[holders[0]].kind != "input":
+            continue
+        if i not in {l.name for l in term.tensors[holders[0]].legs}:
+            found.append((n, holders[0]))
+    return found
+
+
+def _scatter_plan(term, absorbed, sizes, dtype, plan_backend, memory_limit, lowering, cap):
+    """Contract each selection into its sampled input first: ``X[.., i, ..] = Σ_s S[i, s] X_sub[.., s, ..]``.
+
+    The sampled weight VJP of a CRS layer is then a plain convolution VJP on a
+    zero-filled input, which PyTorch's kernel runs faster than the einsum over the
+    sampled indices (the samples are no longer a strided pattern). The product is
+    a matrix product, exact for any ``S``, not a scatter that assumes one-hot columns.
+    """
+    selects = {n for n, _ in absorbed}
+    renames = {}
+    for n, m in absorbed:
+        i, s = term.tensors[n].legs
+        renames.setdefault(m, {})[s.name] = i
+    kept = [n for n in range(len(term.tensors)) if n not in selects]
+    part = _Part(tuple(term.tensors[n].rename_legs(renames[n]) if n in renames else term.tensors[n] for n in kept),
+                 term.output_legs)
+    positions, inner = lower(part, sizes, dtype, plan_backend, memory_limit, lowering, cap)
+    positions = tuple(kept[p] for p in positions)
+    steps, flops, write = [], 0.0, 0.0
+    for k, (n, m) in enumerate(absorbed):
+        i, s = term.tensors[n].legs
+        legs = [l.name for l in term.tensors[m].legs]
+        axis = legs.index(s.name)
+        steps.append((positions.index(m), len(positions) + k, axis))
+        rest = prod(sizes[l] for l in legs if l != s.name)
+        flops += 2.0 * sizes[i.name] * sizes[s.name] * rest
+        write += sizes[i.name] * rest
+
+    def run(*arrays):
+        operands = list(arrays[:len(positions)])
+        for slot, select, axis in steps:
+            operands[slot] = _select(arrays[select], operands[slot], axis)
+        return inner(*operands)
+
+    return positions + tuple(n for n, _ in absorbed), Plan(
+        run, "scatter, " + inner.equation, inner.flops + flops, max(inner.largest_intermediate, int(write)),
+        inner.path, inner.slices, inner.write + write)
+
+
+def _select(S, X, axis):
+    """``Σ_s S[i, s] X[.., s, ..]`` along ``axis``, as a matrix product without moving the last two axes."""
+    if axis == X.ndim - 1:
+        return X @ S.T
+    if axis == X.ndim - 2:
+        return S @ X
+    return (X.movedim(axis, -1) @ S.T).movedim(-1, axis)
+
+
 def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
     """Patterns become views; legs only a view carries are summed on it; equal views are made once."""
     dropped = {id(p) for ps in found.values() for p in ps}
@@ -131,20 +226,27 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
         for leg in slot_legs:
             uses[leg] = uses.get(leg, 0) + 1
     new_legs, makers, padded, written = [], {}, [0], {}  # written: per distinct view, its copies
+    extra_flops = 0.0
     for slot, n in enumerate(positions):
         if n not in found:
             new_legs.append(raw[slot])
             continue
         # KFAC-reduce sums each patch over the output positions: do it on the view, before any copy
         reduce = tuple(a for a, leg in enumerate(raw[slot]) if uses[leg] == 1 and leg not in output)
-        maker, copy = views.make_view(legs[n], found[n], sizes)
         key = (term.tensors[n].name, tuple(sorted(
             (legs[n].index(p.legs[0].name), sizes[p.legs[1].name], sizes[p.legs[2].name], p.attrs) for p in found[n])), reduce)
-        makers[slot] = (key, maker, reduce)
+        presum = bool(reduce) and {raw[slot][a] for a in reduce} == {p.legs[1].name for p in found[n]}
+        if presum:  # summed over every o: Σ_o Π(i, o, k) is an [I, K] matrix, no view needed
+            maker, copy = _summed_patterns(legs[n], found[n], sizes), 0
+            extra_flops += 2.0 * sum(views.elements(legs[n], sizes) * sizes[p.legs[2].name] for p in found[n])
+        else:
+            maker, copy = views.make_view(legs[n], found[n], sizes)
+        makers[slot] = (key, maker, () if presum else reduce)
         padded.append(copy)
         new_legs.append(tuple(leg for a, leg in enumerate(raw[slot]) if a not in reduce))
-        # the padded copy, then the sum over reduced legs or (likely) the contraction's copy of the view
-        written[key] = (copy, views.elements(new_legs[-1] if reduce else raw[slot], sizes))
+        # what making the operand writes: the padded copy, then the sums, or (likely) the contraction's copy of the view
+        copied = not (presum or reduce)
+        written[key] = (copy, views.elements(raw[slot] if copied else new_legs[-1], sizes), copied)
     gram = _gram(new_legs, output, sizes) if len(new_legs) == 2 and len(makers) == 2 and \
         makers[0][0] == makers[1][0] else None
     inner = gram or plan_backend(new_legs, output, sizes, memory_limit)
@@ -164,8 +266,26 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
     # a view that the contraction copies costs as much memory as the im2col matrix
     largest = max([inner.largest_intermediate] + padded + [views.elements(new_legs[s], sizes) for s in makers])
     # gram counts its own copy of the view; padding is a contiguous copy, cheap beside a contraction's writes
-    write = inner.write + sum(0 if gram and not makers[0][2] else view for _, view in written.values())
-    return positions, Plan(run, "views: " + inner.equation, inner.flops, largest, inner.path, inner.slices, write)
+    write = inner.write + sum(0 if gram and copied else made for _, made, copied in written.values())
+    return positions, Plan(run, "views: " + inner.equation, inner.flops + extra_flops, largest, inner.path, inner.slices,
+                           write)
+
+
+def _summed_patterns(legs, patterns, sizes):
+    """``fn(X)``: ``Σ_i X[.., i, ..] Σ_o Π(i, o, k)`` along each patterned axis (``i`` becomes ``k``)."""
+    steps = []
+    for p in patterns:
+        i, o, k = (l.name for l in p.legs)
+        a = p.attr
+        steps.append((legs.index(i), (sizes[i], sizes[o], sizes[k], a["stride"], a["pad_left"], a["dilation"])))
+
+    def fn(x):
+        for axis, shape in steps:
+            summed = pattern_sum(*shape, dtype=x.dtype, device=x.device)  # [I, K]
+            x = _select(summed.T, x, axis)
+        return x
+
+    return fn
 
 
 def _gram(legs, output, sizes):
