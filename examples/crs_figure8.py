@@ -1,6 +1,7 @@
 """Figure 8 of the paper: column-row sampling of pixels beats sampling of channels.
 
-Run: ``python examples/crs_figure8.py [--seeds 10] [--batch 128] [--ps 0.1,0.2,...] [--out DIR] [--quick]``
+Run: ``python examples/crs_figure8.py [--seeds 10] [--batch 128] [--ps 0.1,0.2,...] [--sampler fixed,bernoulli]
+[--out DIR] [--quick]``
 
 An untrained All-CNN-C (Springenberg et al., 2015; dropout disabled) is built
 from ``torch.nn`` and switched to tnconv's layers by
@@ -20,9 +21,15 @@ model, a new mini-batch and new samples. Data: ``sklearn``'s 8x8 digits
 upsampled to 32x32 RGB (a stand-in for CIFAR that ships with a package) and
 Gaussian noise with random labels.
 
-tnconv keeps a fixed number ``max(1, round(p·I))`` of indices per axis rather
-than the paper's Bernoulli draws (see :mod:`tnconv.passes.crs`); the CSV's
-``kept_fraction`` is the share of input entries actually kept, over all layers.
+Two samplers (``--sampler``): ``fixed`` is tnconv's, a fixed number
+``max(1, round(p·I))`` of indices per axis drawn without replacement and
+rescaled by ``I/M`` (see :mod:`tnconv.passes.crs`); ``bernoulli`` is the
+paper's Bernoulli-CRS (every index kept independently, rescaled by ``1/p``),
+emulated on the same layers by :func:`bernoulli_crs_`. Both are unbiased; the
+fixed count has the smaller variance when the sampled rows contribute alike,
+as neighbouring pixels do. The CSV's ``kept_fraction`` is the share of input
+entries the fixed-count sampler keeps, over all layers (the Bernoulli
+sampler's expectation is ``p``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import tnconv.nn
 OUT = pathlib.Path(__file__).parent / "results"
 PS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
 SCHEMES = {"channel": lambda p: (p, 1.0, 1.0), "spatial": lambda p: (1.0, math.sqrt(p), math.sqrt(p))}
+SAMPLERS = ("fixed", "bernoulli")
 REFERENCE_P = 0.75  # the paper: 75% of channels are matched by ~35% of pixels
 
 
@@ -81,11 +89,12 @@ def digits_images(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return (x - x.mean()) / x.std(), torch.tensor(digits.target)
 
 
-def conv_weight_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The flattened, concatenated weight gradients of every convolution of ``model``."""
+def conv_weight_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scales=None) -> torch.Tensor:
+    """The flattened, concatenated weight gradients of every convolution of ``model`` (each times its scale)."""
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
-    return torch.cat([m.weight.grad.flatten() for m in model.modules() if isinstance(m, nn.Conv2d)])
+    grads = [m.weight.grad.flatten() for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return torch.cat(grads if scales is None else [g * s for g, s in zip(grads, scales)])
 
 
 def input_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
@@ -108,8 +117,28 @@ def kept_fraction(shapes, keep) -> float:
     return kept / sum(math.prod(shape) for shape in shapes)
 
 
-def run(x_all, y_all, ps, seeds, batch, dataset, log=print) -> list[dict]:
-    """One row per (seed, scheme, p): the normalized residual of the sampled gradient."""
+def bernoulli_crs_(model: nn.Module, shapes, keep, generator) -> list[float]:
+    """Switch ``model``'s layers to the paper's Bernoulli-CRS, in place; returns each layer's gradient scale.
+
+    Bernoulli-CRS keeps every index independently with probability ``p`` and
+    rescales by ``1/p``. Given the number ``M`` of kept indices, the kept set
+    is uniform — tnconv's draw with keep rate ``M/I`` — and rescaling by
+    ``1/p`` instead of tnconv's ``I/M`` multiplies the layer's weight gradient
+    by ``M/(I·p)``, per sampled axis (0 when an axis keeps nothing).
+    """
+    scales = []
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv, shape in zip(convs, shapes):
+        counts = [int((torch.rand(size, generator=generator) < p).sum()) if p < 1 else size
+                  for size, p in zip(shape, keep)]
+        conv.crs_keep = tuple(max(m, 1) / size for m, size in zip(counts, shape))
+        conv.generator = generator
+        scales.append(math.prod(m / (size * p) for m, size, p in zip(counts, shape, keep)))
+    return scales
+
+
+def run(x_all, y_all, ps, seeds, batch, dataset, samplers=("fixed",), log=print) -> list[dict]:
+    """One row per (seed, sampler, scheme, p): the normalized residual of the sampled gradient."""
     rows = []
     for seed in seeds:
         start = time.perf_counter()
@@ -121,29 +150,37 @@ def run(x_all, y_all, ps, seeds, batch, dataset, log=print) -> list[dict]:
         x, y = x_all[index], y_all[index]
         shapes = input_shapes(model, x)
         exact = conv_weight_grad(tnconv.nn.convert(model, crs_keep=None), x, y)
-        for scheme, keep_of in SCHEMES.items():
-            for p in ps:
-                keep = keep_of(p)
-                # a fresh generator per run: the draws for one p do not depend on the grid
-                tnconv.nn.convert(model, crs_keep=keep, generator=torch.Generator().manual_seed(seed))
-                estimate = conv_weight_grad(model, x, y)
-                residual = ((estimate - exact).norm() / exact.norm()).item()
-                rows.append(dict(dataset=dataset, scheme=scheme, p=p, keep=" ".join(f"{k:.4g}" for k in keep),
-                                 kept_fraction=round(kept_fraction(shapes, keep), 4), seed=seed, residual=residual))
+        for sampler in samplers:
+            for scheme, keep_of in SCHEMES.items():
+                for p in ps:
+                    keep = keep_of(p)
+                    # a fresh generator per run: the draws for one p do not depend on the grid
+                    generator = torch.Generator().manual_seed(seed)
+                    if sampler == "bernoulli":
+                        scales = bernoulli_crs_(model, shapes, keep, generator)
+                    else:
+                        scales = None
+                        tnconv.nn.convert(model, crs_keep=keep, generator=generator)
+                    estimate = conv_weight_grad(model, x, y, scales)
+                    residual = ((estimate - exact).norm() / exact.norm()).item()
+                    rows.append(dict(dataset=dataset, sampler=sampler, scheme=scheme, p=p,
+                                     keep=" ".join(f"{k:.4g}" for k in keep),
+                                     kept_fraction=round(kept_fraction(shapes, keep), 4), seed=seed,
+                                     residual=residual))
         log(f"  {dataset} seed {seed}: {time.perf_counter() - start:.1f}s")
     return rows
 
 
 def summarize(rows) -> list[dict]:
-    """Mean and standard deviation over seeds per (dataset, scheme, p)."""
+    """Mean and standard deviation over seeds per (dataset, sampler, scheme, p)."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["scheme"], row["p"]), []).append(row)
+        groups.setdefault((row["dataset"], row["sampler"], row["scheme"], row["p"]), []).append(row)
     out = []
-    for (dataset, scheme, p), group in groups.items():
+    for (dataset, sampler, scheme, p), group in groups.items():
         values = torch.tensor([r["residual"] for r in group], dtype=torch.float64)
         std = values.std().item() if len(values) > 1 else 0.0
-        out.append(dict(dataset=dataset, scheme=scheme, p=p, keep=group[0]["keep"],
+        out.append(dict(dataset=dataset, sampler=sampler, scheme=scheme, p=p, keep=group[0]["keep"],
                         kept_fraction=group[0]["kept_fraction"], mean=values.mean().item(), std=std, seeds=len(group)))
     return out
 
@@ -156,14 +193,16 @@ def _interp(p, ps, values):
     raise ValueError(f"p={p} lies outside the grid {ps}")
 
 
-def matching_spatial_p(summary, dataset, reference_p=REFERENCE_P):
+def matching_spatial_p(summary, dataset, sampler="fixed", reference_p=REFERENCE_P):
     """The channel residual at ``reference_p`` and the spatial keep rates that reach it.
 
-    Returns ``(target, smallest grid p, interpolated p)``: the smallest p of the
-    grid whose mean spatial residual is at most the channel residual, and the
-    crossing of the piecewise-linear spatial curve with it.
+    Returns ``(target, smallest grid p, interpolated p)``: the channel residual
+    (interpolated in p if ``reference_p`` is not on the grid), the smallest p
+    of the grid whose mean spatial residual is at most that, and the crossing
+    of the piecewise-linear spatial curve with it (``None`` below the grid).
     """
-    curve = {s: sorted((r["p"], r["mean"]) for r in summary if r["dataset"] == dataset and r["scheme"] == s)
+    curve = {s: sorted((r["p"], r["mean"]) for r in summary
+                       if r["dataset"] == dataset and r["sampler"] == sampler and r["scheme"] == s)
              for s in SCHEMES}
     target = _interp(reference_p, *zip(*curve["channel"]))
     ps, values = zip(*curve["spatial"])
@@ -172,29 +211,34 @@ def matching_spatial_p(summary, dataset, reference_p=REFERENCE_P):
         return target, None, None
     n = hits[0]
     if n == 0:
-        return target, ps[0], ps[0]
+        return target, ps[0], None
     (p0, v0), (p1, v1) = (ps[n - 1], values[n - 1]), (ps[n], values[n])
     return target, p1, p0 + (p1 - p0) * (v0 - target) / (v0 - v1)
 
 
 def plot(summary, path):
-    """Residual against p, one panel per dataset, one line with error bars per scheme."""
+    """Residual against p, one panel per dataset, one line with error bars per scheme and sampler."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in summary))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), sharey=True, squeeze=False)
+    samplers = list(dict.fromkeys(r["sampler"] for r in summary))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.6), sharey=True, squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for scheme, label in (("channel", "channels $(p, 1, 1)$"), ("spatial", r"pixels $(1, \sqrt{p}, \sqrt{p})$")):
-            rows = sorted((r for r in summary if r["dataset"] == dataset and r["scheme"] == scheme), key=lambda r: r["p"])
-            ax.errorbar([r["p"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
-                        marker="o", markersize=3, capsize=3, label=label)
+        for n, sampler in enumerate(samplers):
+            for color, (scheme, label) in enumerate((("channel", "channels $(p, 1, 1)$"),
+                                                     ("spatial", r"pixels $(1, \sqrt{p}, \sqrt{p})$"))):
+                rows = sorted((r for r in summary if (r["dataset"], r["sampler"], r["scheme"]) == (dataset, sampler, scheme)),
+                              key=lambda r: r["p"])
+                ax.errorbar([r["p"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
+                            color=f"C{color}", linestyle=("-", "--", ":")[n % 3], marker="os^"[n % 3], markersize=3,
+                            capsize=3, label=f"{label}, {sampler}" if len(samplers) > 1 else label)
         ax.set(title=dataset, xlabel="keep rate $p$ of input entries")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(r"$\|g - \hat g\|_2 / \|g\|_2$")
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -207,12 +251,22 @@ def _write_csv(rows, path):
         writer.writerows(rows)
 
 
+def _choices(text, allowed):
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",")))
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {list(allowed)}")
+    return values
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="number of seeds (model, batch and samples)")
     parser.add_argument("--batch", type=int, default=128, help="mini-batch size")
     parser.add_argument("--ps", type=lambda s: tuple(float(p) for p in s.split(",")), default=PS,
                         help="comma-separated keep rates of input entries")
+    parser.add_argument("--sampler", type=lambda s: _choices(s, SAMPLERS), default=("fixed",),
+                        help="comma-separated: 'fixed' (tnconv's fixed-count draws) and/or 'bernoulli' (the paper's)")
     parser.add_argument("--out", type=pathlib.Path, default=OUT, help="folder for the CSVs and the plot")
     parser.add_argument("--quick", action="store_true", help="tiny run for tests: 2 seeds, 3 keep rates, batch 8")
     args = parser.parse_args(argv)
@@ -233,31 +287,32 @@ def main(argv=None) -> list[dict]:
     x_noise = torch.randn(len(x_digits), 3, 32, 32, generator=noise_gen)
     y_noise = torch.randint(0, 10, (len(x_digits),), generator=noise_gen)
     seeds = range(args.seeds)
-    print(f"All-CNN-C, batch {args.batch}, {args.seeds} seeds, p in {list(args.ps)}")
-    rows = (run(x_digits, y_digits, args.ps, seeds, args.batch, "digits")
-            + run(x_noise, y_noise, args.ps, seeds, args.batch, "random"))
+    print(f"All-CNN-C, batch {args.batch}, {args.seeds} seeds, p in {list(args.ps)}, sampler {', '.join(args.sampler)}")
+    rows = (run(x_digits, y_digits, args.ps, seeds, args.batch, "digits", args.sampler)
+            + run(x_noise, y_noise, args.ps, seeds, args.batch, "random", args.sampler))
     summary = summarize(rows)
     _write_csv(rows, args.out / "crs_figure8_runs.csv")
     _write_csv(summary, args.out / "crs_figure8.csv")
     plot(summary, args.out / "crs_figure8.png")
 
-    print(f"\n| dataset | p | channel (p,1,1) | spatial (1,√p,√p) | kept: channel / spatial |")
-    print("| --- | --- | --- | --- | --- |")
-    by_key = {(r["dataset"], r["scheme"], r["p"]): r for r in summary}
+    print("\n| dataset | sampler | p | channel (p,1,1) | spatial (1,√p,√p) | kept: channel / spatial |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    by_key = {(r["dataset"], r["sampler"], r["scheme"], r["p"]): r for r in summary}
     for dataset in ("digits", "random"):
-        for p in args.ps:
-            c, s = by_key[dataset, "channel", p], by_key[dataset, "spatial", p]
-            print(f"| {dataset} | {p:g} | {c['mean']:.3f} ± {c['std']:.3f} | {s['mean']:.3f} ± {s['std']:.3f} "
-                  f"| {c['kept_fraction']:.3f} / {s['kept_fraction']:.3f} |")
+        for sampler in args.sampler:
+            for p in args.ps:
+                c, s = by_key[dataset, sampler, "channel", p], by_key[dataset, sampler, "spatial", p]
+                print(f"| {dataset} | {sampler} | {p:g} | {c['mean']:.3f} ± {c['std']:.3f} | "
+                      f"{s['mean']:.3f} ± {s['std']:.3f} | {c['kept_fraction']:.3f} / {s['kept_fraction']:.3f} |")
     print()
     for dataset in ("digits", "random"):
-        target, grid_p, crossing = matching_spatial_p(summary, dataset)
-        if grid_p is None:
-            print(f"{dataset}: no spatial keep rate of the grid reaches the channel residual {target:.3f} at "
-                  f"p={REFERENCE_P}")
-        else:
-            print(f"{dataset}: keeping {REFERENCE_P:.0%} of channels gives residual {target:.3f}; pixels reach it "
-                  f"at p={grid_p:g} on the grid (≈{crossing:.2f} interpolated)")
+        for sampler in args.sampler:
+            target, grid_p, crossing = matching_spatial_p(summary, dataset, sampler)
+            where = (f"no p of the grid reaches it" if grid_p is None else
+                     f"pixels reach it at p={grid_p:g} on the grid "
+                     + ("(the smallest p tried)" if crossing is None else f"(≈{crossing:.2f} interpolated)"))
+            print(f"{dataset}, {sampler} sampler: keeping {REFERENCE_P:.0%} of channels gives residual {target:.3f}; "
+                  f"{where}")
     print(f"\nwrote {args.out / 'crs_figure8.csv'}, {args.out / 'crs_figure8_runs.csv'}, {args.out / 'crs_figure8.png'}")
     return summary
 
