@@ -51,7 +51,29 @@ def test_crs_figure8_quick(tmp_path, capsys):
     for dataset in ("digits", "random"):  # the paper's finding, with a wide margin even on this tiny run
         assert spatial[dataset, 0.25] < channel[dataset, 0.25] and spatial[dataset, 0.5] < channel[dataset, 0.5]
     out = capsys.readouterr().out
-    assert "| digits | 0.25 |" in out and "pixels reach it" in out
+    assert "| digits | fixed | 0.25 |" in out and "pixels reach it" in out
+
+
+def test_bernoulli_emulation_keeps_counts_and_rescales_by_one_over_p():
+    import torch
+
+    module = load("crs_figure8")
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 3, 3), torch.nn.Conv2d(3, 2, 1))
+    shapes = [(4, 8, 8), (3, 6, 6)]
+    gen = torch.Generator().manual_seed(0)
+    scales = []
+    for _ in range(400):
+        scale = module.bernoulli_crs_(model, shapes, (1.0, 0.5, 0.5), gen)
+        for conv, (c, h, w), s in zip(model, shapes, scale):
+            kept_c, kept_h, kept_w = (round(k * n) for k, n in zip(conv.crs_keep, (c, h, w)))
+            assert kept_c == c and kept_h >= 1 and kept_w >= 1
+            # an axis that kept nothing (drawn with M = 1 by tnconv) zeroes the layer's gradient
+            assert s == 0 or s == pytest.approx(kept_h * kept_w / (h * w * 0.25))
+        scales.append(scale)
+    # the count M of a Bernoulli(p) draw has mean I·p, so the extra factor M/(I·p) has mean 1
+    mean = torch.tensor(scales).mean(0)
+    assert torch.allclose(mean, torch.ones(2), atol=0.05)
+    assert module.bernoulli_crs_(model, shapes, (1.0, 1.0, 1.0), gen) == [1.0, 1.0]
 
 
 def test_kfac_reduce_optimizer_quick(tmp_path, capsys):
