@@ -52,8 +52,10 @@ class _ExecutionPlan:
             if term.plan is None:  # a zero-sized leg: the contraction is empty
                 value, mine = torch.zeros(self.out_shape, dtype=self.dtype, device=self.device), True
             else:
-                operands = [tensors[s[1]].reshape(s[2]) if s[0] == "input" else s[1] for s in term.sources]
-                value = term.plan(*operands).reshape(self.out_shape)
+                operands = [_shaped(tensors[s[1]], s[2]) if s[0] == "input" else s[1] for s in term.sources]
+                value = _shaped(term.plan(*operands), self.out_shape)
+                if len(self.terms) == 1 and term.scale == 1:
+                    return value
                 mine = _owned(value, operands)
             # a fresh result of the plan is scaled and accumulated in place: one pass and one allocation less
             if term.scale != 1:
@@ -74,6 +76,10 @@ class _ExecutionPlan:
     @property
     def largest_intermediate(self) -> int:
         return max((t.plan.largest_intermediate for t in self.terms if t.plan is not None), default=0)
+
+
+def _shaped(tensor, shape):
+    return tensor if tensor.shape == shape else tensor.reshape(shape)
 
 
 def _owned(value, operands) -> bool:

@@ -175,23 +175,30 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
         "y": (t.batch + t.group + t.c_out + (tuple(o for _, o, _ in t.spatial) or t.flat), (Bf, Gf * Co) + O),
     }
     own = {"x": t.x, "w": t.w, "y": t.y}
-
-    def canonical(role, array):
+    # per operand: (axes to pre-sum, permutation or None, canonical shape); plain tensors pass through untouched
+    prepare = []
+    for role, summed in zip(t.operands, t.summed):
         order, shape = layouts[role]
         perm = [own[role].index(leg) for leg in order]
-        return array.permute(perm).reshape(shape)
+        prepare.append((summed, None if perm == sorted(perm) else perm, shape))
+
+    def canonical(array, summed, perm, shape):
+        if summed:
+            array = array.sum(summed)
+        if perm is not None:
+            array = array.permute(perm)
+        return array if array.shape == shape else array.reshape(shape)
 
     out_order, _ = layouts[t.output_role]
     out_shape = tuple(sizes[n] for n in out_order)
     to_output = [out_order.index(leg) for leg in output]
+    if to_output == sorted(to_output):
+        to_output = None
     groups = Gf
+    first, second = t.operands
 
     def run(a, b):
-        if t.summed[0]:
-            a = a.sum(t.summed[0])
-        if t.summed[1]:
-            b = b.sum(t.summed[1])
-        ops = {t.operands[0]: canonical(t.operands[0], a), t.operands[1]: canonical(t.operands[1], b)}
+        ops = {first: canonical(a, *prepare[0]), second: canonical(b, *prepare[1])}
         if t.output_role == "y":
             x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
@@ -207,7 +214,9 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
                                                          (0,) * N, groups, (True, False, False))[0]
             if not symmetric:
                 result = views.pad_crop(result, [-p for p in explicit])
-        return result.reshape(out_shape).permute(to_output)
+        if result.shape != out_shape:
+            result = result.reshape(out_shape)
+        return result if to_output is None else result.permute(to_output)
 
     flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
