@@ -68,7 +68,25 @@ def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups, x_na
     """Validate a convolution's shapes and hyper-parameters; return ``(N, spec, output spatial size)``.
 
     ``x_shape`` is ``[B, C_in, *I]`` and ``weight_shape`` ``[C_out, C_in/groups, *K]``.
+    Arguments made of plain ints and strings are validated once per value (a cache
+    keyed on them; ``True`` and ``1.0`` are not plain, so they still get their errors).
     """
+    args = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, x_name, weight_name)
+    if all(_plain(a) for a in args):
+        return _cached_geometry(*args)
+    return _geometry(*args)
+
+
+def _plain(value) -> bool:
+    return type(value) in (int, str) or type(value) is tuple and all(_plain(v) for v in value)
+
+
+@lru_cache(maxsize=1024)
+def _cached_geometry(*args):
+    return _geometry(*args)
+
+
+def _geometry(x_shape, weight_shape, stride, padding, dilation, groups, x_name, weight_name):
     _check_groups(groups)
     if len(weight_shape) < 3:
         raise ValueError(f"{weight_name} must have at least 3 dimensions ([C_out, C_in/groups, *K]), got {tuple(weight_shape)}")
