@@ -104,11 +104,20 @@ def match(term) -> Optional[ConvTemplate]:
             return None
         kinds[key].append(leg)
     batch, flat = kinds[(True, False, True)], ()
-    if not patterns:  # X-and-Y legs after X's first channel leg are its (flattened) pixels
-        channels = [a for a, leg in enumerate(legs["x"]) if leg in kinds[(True, True, False)] + kinds[(True, True, True)]]
-        first = channels[0] if channels else len(legs["x"])
-        flat = tuple(leg for leg in legs["x"][first:] if leg in batch)
+    # X-and-Y legs after X's first channel leg are pixels (of a dimension squeeze_trivial emptied): kept
+    # in place as size-1 kernel dimensions, moving them into the batch would copy X and Y
+    channels = [a for a, leg in enumerate(legs["x"]) if leg in kinds[(True, True, False)] + kinds[(True, True, True)]]
+    first = channels[0] if channels else len(legs["x"])
+    pixels = tuple(leg for leg in legs["x"][first:] if leg in batch)
+    if not patterns:  # flattened into one spatial axis of a 1x1 kernel
+        flat = pixels
         batch = [leg for leg in batch if leg not in flat]
+    elif pixels and len(spatial) + len(pixels) <= 3:
+        batch = [leg for leg in batch if leg not in pixels]
+        trivial = dict(stride=1, pad_left=0, pad_right=0, dilation=1)
+        dims = list(zip(spatial, attrs)) + [((leg, leg, None), trivial) for leg in pixels]
+        dims.sort(key=lambda d: legs["x"].index(d[0][0]))
+        spatial, attrs = [d[0] for d in dims], [d[1] for d in dims]
     output_role = next(r for r, h in role_of.items() if h == "out")
     operands = tuple(next(r for r, h in role_of.items() if h == n) for n in (0, 1))
     return ConvTemplate(output_role, tuple(legs["x"]), tuple(legs["w"]), tuple(legs["y"]), operands,
@@ -154,7 +163,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
         N = len(t.spatial)
         I = tuple(sizes[i] for i, _, _ in t.spatial)
         O = tuple(sizes[o] for _, o, _ in t.spatial)
-        K = tuple(sizes[k] for _, _, k in t.spatial)
+        K = tuple(sizes[k] if k else 1 for _, _, k in t.spatial)
         S = tuple(a["stride"] for a in t.attrs)
         D = tuple(a["dilation"] for a in t.attrs)
         left = tuple(a["pad_left"] for a in t.attrs)
@@ -171,7 +180,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
 
     layouts = {  # role -> (leg order, canonical shape)
         "x": (t.batch + t.group + t.c_in + (tuple(i for i, _, _ in t.spatial) or t.flat), (Bf, Gf * Ci) + I),
-        "w": (t.group + t.c_out + t.c_in + tuple(k for _, _, k in t.spatial), (Gf * Co, Ci) + K),
+        "w": (t.group + t.c_out + t.c_in + tuple(k for _, _, k in t.spatial if k), (Gf * Co, Ci) + K),
         "y": (t.batch + t.group + t.c_out + (tuple(o for _, o, _ in t.spatial) or t.flat), (Bf, Gf * Co) + O),
     }
     own = {"x": t.x, "w": t.w, "y": t.y}
