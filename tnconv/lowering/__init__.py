@@ -96,7 +96,9 @@ def _presummed(legs, output, sizes, plan_backend, memory_limit):
 #: only a few multiply-adds (a GEMM with a short inner dimension, a transpose)
 #: is bound by memory, not arithmetic: on these CPUs a well-shaped float32 GEMM
 #: runs at ~50 GFLOP/s on one core while strided copies move ~0.2-0.5 G elements/s.
-WRITE_COST = 256
+#: Calibrated by ``python benchmarks/write_cost.py 256 1024 4096`` on the benchmark's
+#: layers: relative to 256, 1024 took 0.56x the time where the choice differed, 4096 4.1x.
+WRITE_COST = 1024
 
 
 def cost(plan: Plan) -> float:
