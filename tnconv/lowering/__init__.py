@@ -85,7 +85,7 @@ def _presummed(legs, output, sizes, plan_backend, memory_limit):
     inner = plan_backend(reduced, output, sizes, memory_limit)
 
     def run(*arrays):
-        return inner(*(a.sum(l) if l else a for a, l in zip(arrays, lone)))
+        return inner(*(views.sum_axes(a, l) for a, l in zip(arrays, lone)))
 
     work = sum(views.elements(operand, sizes) for operand, l in zip(legs, lone) if l)
     return Plan(run, inner.equation, inner.flops + work, inner.largest_intermediate, inner.path, inner.slices,
@@ -260,7 +260,7 @@ def _view_plan(term, legs, found, sizes, output, plan_backend, memory_limit):
                 key, maker, reduce = makers[s]
                 if key not in made:
                     v = maker(a)
-                    made[key] = v.sum(reduce) if reduce else v
+                    made[key] = views.sum_axes(v, reduce)
                 a = made[key]
             operands.append(a)
         return inner(*operands)

@@ -109,10 +109,10 @@ def match(term) -> Optional[ConvTemplate]:
     channels = [a for a, leg in enumerate(legs["x"]) if leg in kinds[(True, True, False)] + kinds[(True, True, True)]]
     first = channels[0] if channels else len(legs["x"])
     pixels = tuple(leg for leg in legs["x"][first:] if leg in batch)
-    if not patterns:  # flattened into one spatial axis of a 1x1 kernel
+    if not patterns and len(pixels) > 3:  # flattened into one spatial axis of a 1x1 kernel
         flat = pixels
         batch = [leg for leg in batch if leg not in flat]
-    elif pixels and len(spatial) + len(pixels) <= 3:
+    elif pixels and len(spatial) + len(pixels) <= 3:  # a 1x1 kernel per pixel dimension, as PyTorch would run it
         batch = [leg for leg in batch if leg not in pixels]
         trivial = dict(stride=1, pad_left=0, pad_right=0, dilation=1)
         dims = list(zip(spatial, attrs)) + [((leg, leg, None), trivial) for leg in pixels]
@@ -192,8 +192,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
         prepare.append((summed, None if perm == sorted(perm) else perm, shape))
 
     def canonical(array, summed, perm, shape):
-        if summed:
-            array = array.sum(summed)
+        array = views.sum_axes(array, summed)
         if perm is not None:
             array = array.permute(perm)
         return array if array.shape == shape else array.reshape(shape)

@@ -109,6 +109,15 @@ def pad_crop(array, pad):
     return array
 
 
+def sum_axes(array, axes):
+    """``array.sum(axes)``, but a view when every summed axis has size 1 (a sum would copy)."""
+    if not axes:
+        return array
+    if all(array.shape[a] == 1 for a in axes):
+        return array.squeeze(tuple(axes))
+    return array.sum(axes)
+
+
 def elements(legs, sizes) -> int:
     return prod(sizes[n] for n in legs)
 
