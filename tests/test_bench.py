@@ -12,7 +12,7 @@ from tnconv.bench import layers as L
 from tnconv.bench import run as R
 from tnconv.bench.memory import peak_memory
 from tnconv.bench.ops import OPS, make, standard_kfac_reduce, standard_kfc
-from tnconv.bench.report import COLUMNS, markdown_table, write_results
+from tnconv.bench.report import COLUMNS, EINCONV_COLUMNS, einconv_table, markdown_table, write_results
 from tnconv.cli import main
 
 ALL = L.select()
@@ -210,3 +210,106 @@ def test_cli_bench_runs(tmp_path, capsys):
                  "--threads", "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "| forward |" in out and (tmp_path / "results.csv").exists()
+
+
+# ---- einconv, the optional third implementation (skipped without it) ----
+
+needs_einconv = pytest.mark.skipif(importlib.util.find_spec("einconv") is None or importlib.util.find_spec("einops") is None,
+                                   reason="einconv (and einops) not installed: pip install 'tnconv[einconv]'")
+
+#: Tiny versions of a general (padded, grouped), a down-sampling and a dense layer, and a 1x3 one with padding (0, 1).
+EINCONV_LAYERS = [
+    dataclasses.replace(_layer("mobilenet_v2/features.2.conv.1.0"), batch=2, in_channels=4, out_channels=4, groups=2,
+                        input_size=(9, 8)),
+    dataclasses.replace(_layer("resnet18/layer2.0.downsample.0"), batch=2, in_channels=3, out_channels=5,
+                        input_size=(8, 7)),
+    dataclasses.replace(_layer("convnext_base/features.2.1"), batch=3, in_channels=4, out_channels=6, input_size=(6, 8)),
+    dataclasses.replace(_layer("inception_v3/Mixed_7b.branch3x3_2a"), batch=2, in_channels=6, out_channels=4,
+                        input_size=(5, 6)),
+]
+
+
+@needs_einconv
+@pytest.mark.parametrize("op", OPS)
+def test_einconv_agrees_with_standard_in_float64(op):
+    from tnconv.bench import einconv_ops
+
+    for layer in EINCONV_LAYERS:
+        theirs = make(layer, op, torch.float64)[1]()
+        ein = einconv_ops.make(layer, op, torch.float64)()
+        # einconv makes the factors' scale 1/B resp. 1/(B·O²) in float32 before casting it: float32 precision there
+        rtol = 1e-6 if op in ("kfc", "kfac_reduce") else 1e-10
+        torch.testing.assert_close(ein, theirs, rtol=rtol, atol=1e-12, msg=lambda m: f"{layer.label}: {m}")
+
+
+def test_einconv_rejects_padding_it_cannot_express():
+    from tnconv.bench import einconv_ops
+
+    with pytest.raises(einconv_ops.Unsupported, match="padding"):
+        einconv_ops.make(dataclasses.replace(EINCONV_LAYERS[0], padding=((0, 1), (1, 1))), "forward")
+    assert einconv_ops.padding(EINCONV_LAYERS[3]) == (0, 1)
+
+
+@needs_einconv
+def test_einconv_skip_and_mismatch_rows(monkeypatch):
+    from tnconv.bench import einconv_ops
+
+    layer = EINCONV_LAYERS[1]
+
+    def unsupported(layer):
+        raise einconv_ops.Unsupported("padding: made up")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(einconv_ops, "padding", unsupported)
+        skipped = R.measure(layer, "forward", repeats=1, einconv=True)
+    assert not skipped.error and skipped.einconv_skipped.startswith("padding") and skipped.ratio > 0
+    assert torch.tensor(skipped.ratio_vs_einconv).isnan()
+    real = einconv_ops.make
+    monkeypatch.setattr(einconv_ops, "make", lambda *args: (lambda: 2 * real(*args)()))
+    row = R.measure(layer, "kfc", repeats=1, einconv=True)
+    assert row.error.startswith("einconv mismatch") and row.einconv_max_rel_err > R.TOLERANCE
+
+
+@needs_einconv
+def test_quick_einconv_run_writes_its_columns(tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    pytest.importorskip("matplotlib")
+    # no quick layer among these nets: the first layer of each, 2c2d/conv1 and allcnnc/conv1, batch 2
+    code = R.main(["--quick", "--einconv", "--nets", "2c2d", "allcnnc", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "tnconv not faster" in out
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == EINCONV_COLUMNS and len(table) == 2 * len(OPS)
+    assert all(r["error"] == "" and float(r["einconv_ms"]) > 0 and float(r["einconv_peak_mb"]) >= 0 for r in table)
+    assert all(abs(float(r["ratio_vs_einconv"]) - float(r["tnconv_ms"]) / float(r["einconv_ms"])) < 1e-3 * float(r["ratio_vs_einconv"])
+               for r in table)
+    assert "tnconv / einconv" in (tmp_path / "summary.md").read_text()
+
+
+def test_without_einconv_the_csv_is_unchanged(tmp_path):
+    rows = R.benchmark([dataclasses.replace(_layer("2c2d/conv1"), batch=1)], ["forward"], repeats=1)
+    write_results(rows, tmp_path, plots=False)
+    with open(tmp_path / "results.csv") as f:
+        assert next(csv.reader(f)) == list(COLUMNS)
+    assert "einconv" not in (tmp_path / "summary.md").read_text()
+    assert EINCONV_COLUMNS[:len(COLUMNS) - 1] == COLUMNS[:-1] and EINCONV_COLUMNS[-1] == "error"
+
+
+def test_einconv_table_counts_layers_where_tnconv_is_not_faster():
+    rows = [R.Row("n", f"l{i}", kind, "forward", 1, r, 1.0, r, 1.0, 1.0, 0.0, einconv_ms=1.0, einconv_peak_mb=1.0,
+                  ratio_vs_einconv=r) for i, (kind, r) in enumerate([("dense", 0.5), ("general", 1.0), ("general", 3.0)])]
+    rows.append(R.Row("n", "skip", "dense", "forward", 1, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, einconv_skipped="padding x"))
+    table = einconv_table(rows)
+    assert "| forward | 1.00 (3) | 2.00 (2) | 0.50 (1) | 1.00 | 2 / 3 |" in table
+    assert "n/l2 forward: 3.00" in table and "n/skip forward: padding x" in table
+
+
+def test_einconv_missing_gives_install_instructions(monkeypatch, capsys):
+    from tnconv.bench import einconv_ops
+
+    monkeypatch.setattr(einconv_ops, "missing", lambda: ["einconv"])
+    monkeypatch.setattr(R, "missing_extras", lambda: [])
+    assert main(["bench", "--quick", "--einconv"]) == 2
+    err = capsys.readouterr().err
+    assert "einconv" in err and "pip install" in err and "--no-deps einconv==0.1.0" in err

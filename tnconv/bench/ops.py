@@ -10,7 +10,7 @@ it (KFAC-reduce). ``unfold`` is 2d only, so the factors' references are too.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -63,6 +63,31 @@ def _torch_grad(N: int, what: str):
     return getattr(torch.nn.grad, f"conv{N}d_{what}")
 
 
+def data(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor],
+                                                                               Optional[torch.Tensor]]:
+    """``(x, w, g)``: the random input, weight and output gradient ``op`` takes on ``layer`` (None where unused).
+
+    Every implementation gets these same values for the same ``seed``.
+
+    Example:
+        >>> from tnconv.bench.layers import NETS
+        >>> x, w, g = data(NETS["2c2d"][0], "kfc")
+        >>> tuple(x.shape), w, g
+        ((128, 1, 28, 28), None, None)
+    """
+    if op not in OPS:
+        raise ValueError(f"unknown operation {op!r}; choose from {list(OPS)}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(layer.x_size, generator=gen, dtype=dtype)
+    if op in ("kfc", "kfac_reduce"):
+        return x, None, None
+    w = torch.randn(layer.weight_size, generator=gen, dtype=dtype)
+    if op == "forward":
+        return x, w, None
+    g = torch.randn((layer.batch, layer.out_channels) + layer.output_size, generator=gen, dtype=dtype)
+    return x, w, g
+
+
 def make(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Tuple[Callable, Callable]:
     """``(tnconv, standard)``: two argument-free callables computing ``op`` on ``layer`` from the same random data.
 
@@ -72,21 +97,16 @@ def make(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Tuple[Cal
         >>> torch.allclose(ours(), theirs())
         True
     """
-    if op not in OPS:
-        raise ValueError(f"unknown operation {op!r}; choose from {list(OPS)}")
-    gen = torch.Generator().manual_seed(seed)
+    x, w, g = data(layer, op, dtype, seed)
     N = len(layer.input_size)
     hyper = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
-    x = torch.randn(layer.x_size, generator=gen, dtype=dtype)
     if op in ("kfc", "kfac_reduce"):
         ours_fn, theirs_fn = (tf.kfc, standard_kfc) if op == "kfc" else (tf.kfac_reduce, standard_kfac_reduce)
         args = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups)
         return (lambda: ours_fn(x, *args)), (lambda: theirs_fn(x, *args))
-    w = torch.randn(layer.weight_size, generator=gen, dtype=dtype)
     if op == "forward":
         conv = _torch_conv(N)
         return (lambda: tf.conv(x, w, **hyper)), (lambda: conv(x, w, **hyper))
-    g = torch.randn((layer.batch, layer.out_channels) + layer.output_size, generator=gen, dtype=dtype)
     if op == "input_vjp":
         grad, size = _torch_grad(N, "input"), layer.x_size
         return (lambda: tf.input_vjp(size, w, g, **hyper)), (lambda: grad(size, w, g, **hyper))
@@ -103,4 +123,4 @@ DESCRIPTIONS: Dict[str, str] = {
     "kfac_reduce": "tnconv.functional.kfac_reduce vs unfold, mean over positions, outer product / B",
 }
 
-__all__ = ["OPS", "DESCRIPTIONS", "make", "standard_kfc", "standard_kfac_reduce"]
+__all__ = ["OPS", "DESCRIPTIONS", "data", "make", "standard_kfc", "standard_kfac_reduce"]

@@ -21,14 +21,20 @@ from .ops import OPS
 COLUMNS = ("net", "layer", "kind", "op", "batch", "tnconv_ms", "standard_ms", "ratio", "tnconv_peak_mb",
            "standard_peak_mb", "max_rel_err", "error")
 
+#: The CSV's columns with ``--einconv``: :data:`COLUMNS` with einconv's before ``error``.
+EINCONV_COLUMNS = COLUMNS[:-1] + ("einconv_ms", "einconv_peak_mb", "ratio_vs_einconv", "einconv_max_rel_err",
+                                  "einconv_skipped") + COLUMNS[-1:]
 
-def write_csv(rows, path: Path) -> Path:
-    """One line per row under the header :data:`COLUMNS`; NaN of an error row as an empty field."""
+
+def write_csv(rows, path: Path, einconv: bool = False) -> Path:
+    """One line per row under the header :data:`COLUMNS` (:data:`EINCONV_COLUMNS` with ``einconv``);
+    NaN, as of an error row, as an empty field."""
+    columns = EINCONV_COLUMNS if einconv else COLUMNS
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for row in rows:
-            values = dataclasses.astuple(row)
+            values = [getattr(row, name) for name in columns]
             writer.writerow(["" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v
                              for v in values])
     return path
@@ -39,7 +45,7 @@ def _ok(rows):
 
 
 def medians(rows, key: str = "ratio") -> Dict[str, Dict[str, tuple]]:
-    """``{op: {"all" or kind: (median of key, count)}}`` over the rows without error.
+    """``{op: {"all" or kind: (median of key, count)}}`` over the rows without error and with a value of ``key``.
 
     Example:
         >>> from tnconv.bench.run import Row
@@ -49,7 +55,7 @@ def medians(rows, key: str = "ratio") -> Dict[str, Dict[str, tuple]]:
     """
     table = {}
     for op in OPS:
-        of_op = [row for row in _ok(rows) if row.op == op]
+        of_op = [row for row in _ok(rows) if row.op == op and not math.isnan(getattr(row, key))]
         if not of_op:
             continue
         cells = {"all": of_op, **{kind: [r for r in of_op if r.kind == kind] for kind in KINDS}}
@@ -84,6 +90,51 @@ def markdown_table(rows) -> str:
             f"{errors} error row(s) left out." if errors else
             "Median ratio tnconv / standard (layers); below 1 tnconv is faster or uses less memory.")
     return "\n".join(lines) + "\n\n" + note
+
+
+def einconv_table(rows) -> str:
+    """Median time ratio tnconv/einconv per operation, overall and per kind, the median peak-memory ratio,
+    and on how many layers tnconv is not faster than einconv, listed below the table.
+
+    Rows without an einconv time (error, skipped, or einconv not run) are left out.
+
+    Example:
+        >>> from tnconv.bench.run import Row
+        >>> rows = [Row("n", f"l{r}", "dense", "kfc", 1, r, 1.0, r, 1.0, 1.0, 0.0, einconv_ms=1.0,
+        ...             einconv_peak_mb=2.0, ratio_vs_einconv=r) for r in (0.5, 2.0, 0.25)]
+        >>> print(einconv_table(rows).splitlines()[2])
+        | kfc | 0.50 (3) | 0.50 (3) | 0.50 | 1 / 3 |
+    """
+    time = medians(rows, "ratio_vs_einconv")
+    measured = [row for row in _ok(rows) if not math.isnan(row.ratio_vs_einconv)]
+    kinds = [kind for kind in KINDS if any(kind in cells for cells in time.values())]
+    head = ["operation", "all"] + kinds + ["peak memory (all)", "tnconv not faster"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    slower = []
+    for op, cells in time.items():
+        of_op = [row for row in measured if row.op == op]
+        memory = [row.tnconv_peak_mb / row.einconv_peak_mb for row in of_op if row.einconv_peak_mb > 0]
+        not_faster = [row for row in of_op if not row.ratio_vs_einconv < 1]
+        slower.extend(not_faster)
+        values = [f"{cells[k][0]:.2f} ({cells[k][1]})" if k in cells else "–" for k in ["all"] + kinds]
+        values.append(f"{statistics.median(memory):.2f}" if memory else "–")
+        lines.append("| " + " | ".join([op] + values + [f"{len(not_faster)} / {len(of_op)}"]) + " |")
+    skipped = [row for row in _ok(rows) if row.einconv_skipped]
+    errors = len(rows) - len(_ok(rows))
+    note = "Median ratio tnconv / einconv (layers); below 1 tnconv is faster or uses less memory."
+    if skipped:
+        note += f" {len(skipped)} row(s) einconv cannot express left out."
+    if errors:
+        note += f" {errors} error row(s) left out."
+    table = "\n".join(lines) + "\n\n" + note if time else "No layer with an einconv time. " + note
+    if slower:
+        table += "\n\ntnconv not faster than einconv (tnconv / einconv):\n" + "\n".join(
+            f"- {row.net}/{row.layer} {row.op}: {row.ratio_vs_einconv:.2f} ({row.tnconv_ms:.3g} ms vs "
+            f"{row.einconv_ms:.3g} ms)" for row in slower)
+    if skipped:
+        table += "\n\neinconv skipped:\n" + "\n".join(
+            f"- {row.net}/{row.layer} {row.op}: {row.einconv_skipped}" for row in skipped)
+    return table
 
 
 def plot(rows, out: Path) -> List[Path]:
@@ -168,21 +219,24 @@ def plot(rows, out: Path) -> List[Path]:
     return paths
 
 
-def write_results(rows, out: Path, meta: Optional[dict] = None, plots: bool = True) -> List[Path]:
+def write_results(rows, out: Path, meta: Optional[dict] = None, plots: bool = True, einconv: bool = False) -> List[Path]:
     """Write ``results.csv``, ``summary.md`` (the table and the run's settings) and, with ``plots``, the plots.
 
+    With ``einconv`` the CSV has einconv's columns and the summary its table (:func:`einconv_table`).
     Returns the paths written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [write_csv(rows, out / "results.csv")]
+    paths = [write_csv(rows, out / "results.csv", einconv)]
     summary = out / "summary.md"
     settings = f"\n\nRun: `{json.dumps(meta)}`\n" if meta else "\n"
-    summary.write_text(markdown_table(rows) + settings)
+    tables = markdown_table(rows) + (f"\n\n{einconv_table(rows)}" if einconv else "")
+    summary.write_text(tables + settings)
     paths.append(summary)
     if plots and _ok(rows):
         paths.extend(plot(rows, out))
     return paths
 
 
-__all__ = ["COLUMNS", "write_csv", "medians", "markdown_table", "plot", "write_results"]
+__all__ = ["COLUMNS", "EINCONV_COLUMNS", "write_csv", "medians", "markdown_table", "einconv_table", "plot",
+           "write_results"]

@@ -8,6 +8,13 @@ alternates too, so drifting machine load hits both alike -- and takes the
 median of each. The extra peak memory of one more call of each is measured
 last, under the profiler (:mod:`.memory`), so profiling never slows a timed
 call. A disagreement or an exception is an error row, never a silent pass.
+
+With ``--einconv`` a third implementation, einconv (:mod:`.einconv_ops`),
+runs on the same data: it is checked against the standard result with the
+same tolerance (a disagreement or an exception is an error row too), warmed
+up, and timed in the same interleaved loop, the three rotating which goes
+first; a layer einconv cannot express is skipped for einconv only, with the
+reason in ``einconv_skipped``.
 """
 
 from __future__ import annotations
@@ -52,7 +59,10 @@ class Row:
     """One layer × operation: times in ms, extra peak memory in MB (10⁶ bytes), and the check's error.
 
     ``error`` is empty when both ran and agreed; otherwise it says what went
-    wrong and the measurements are NaN.
+    wrong and the measurements are NaN. The ``einconv_*`` fields are NaN
+    unless einconv was measured (``--einconv``); ``ratio_vs_einconv`` is
+    tnconv / einconv, and ``einconv_skipped`` the reason einconv could not
+    run the layer, if so.
     """
 
     net: str
@@ -67,6 +77,11 @@ class Row:
     standard_peak_mb: float
     max_rel_err: float
     error: str = ""
+    einconv_ms: float = math.nan
+    einconv_peak_mb: float = math.nan
+    ratio_vs_einconv: float = math.nan
+    einconv_max_rel_err: float = math.nan
+    einconv_skipped: str = ""
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -93,8 +108,15 @@ def _error_row(layer: Layer, op: str, error: str, err: float = math.nan) -> Row:
     return Row(layer.net, layer.name, layer.kind, op, layer.batch, nan, nan, nan, nan, nan, err, error)
 
 
-def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERANCE) -> Row:
+def _message(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERANCE, einconv: bool = False) -> Row:
     """Check, warm up, time interleaved and measure the peak memory of ``op`` on ``layer``.
+
+    With ``einconv``, einconv's callable (:mod:`.einconv_ops`) is checked
+    against the standard result and measured alongside.
 
     Example:
         >>> from tnconv.bench.layers import NETS
@@ -102,30 +124,57 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
         >>> row.error, row.ratio > 0
         ('', True)
     """
+    ein, ein_err, skipped = None, math.nan, ""
     try:
         ours, theirs = make(layer, op)
-        err = relative_error(ours(), theirs())  # tnconv's first call compiles and plans here
+        result = ours()  # tnconv's first call compiles and plans here
+        reference = theirs()
+        err = relative_error(result, reference)
+        del result
         if not err <= tolerance:  # NaN fails too
             return _error_row(layer, op, f"mismatch: max|tnconv - standard|/max|standard| = {err:.2e} > {tolerance:.0e}", err)
-        ours(), theirs()  # warm-up from the caches
-        times = {ours: [], theirs: []}
-        for r in range(repeats):
-            for fn in (ours, theirs) if r % 2 == 0 else (theirs, ours):
+        if einconv:
+            from . import einconv_ops
+
+            try:
+                ein = einconv_ops.make(layer, op)
+                ein_err = relative_error(ein(), reference)
+            except einconv_ops.Unsupported as reason:
+                ein, skipped = None, str(reason)
+            except Exception as error:
+                return _error_row(layer, op, f"einconv: {_message(error)}", err)
+            if ein is not None and not ein_err <= tolerance:
+                row = _error_row(layer, op, f"einconv mismatch: max|einconv - standard|/max|standard| = "
+                                            f"{ein_err:.2e} > {tolerance:.0e}", err)
+                return dataclasses.replace(row, einconv_max_rel_err=ein_err)
+        del reference
+        fns = [ours, theirs] + ([ein] if ein is not None else [])
+        for fn in fns:  # warm-up (tnconv: from the caches)
+            fn()
+        times = {fn: [] for fn in fns}
+        for r in range(repeats):  # which goes first rotates: with two, they alternate
+            k = r % len(fns)
+            for fn in fns[k:] + fns[:k]:
                 times[fn].append(_seconds(fn))
-        _, peak_ours = peak_memory(ours)
-        _, peak_theirs = peak_memory(theirs)
+        peaks = {fn: peak_memory(fn)[1] for fn in fns}
     except Exception as error:  # any failure of either implementation becomes the row's error
-        return _error_row(layer, op, f"{type(error).__name__}: {error}".splitlines()[0])
+        return _error_row(layer, op, _message(error))
     t_ours, t_theirs = statistics.median(times[ours]), statistics.median(times[theirs])
+    extra = {}
+    if ein is not None:
+        t_ein = statistics.median(times[ein])
+        extra = dict(einconv_ms=t_ein * 1e3, einconv_peak_mb=peaks[ein] / 1e6, ratio_vs_einconv=t_ours / t_ein)
     return Row(layer.net, layer.name, layer.kind, op, layer.batch, t_ours * 1e3, t_theirs * 1e3, t_ours / t_theirs,
-               peak_ours / 1e6, peak_theirs / 1e6, err)
+               peaks[ours] / 1e6, peaks[theirs] / 1e6, err, einconv_max_rel_err=ein_err, einconv_skipped=skipped,
+               **extra)
 
 
 def benchmark(layers: Sequence[Layer], ops: Sequence[str] = OPS, repeats: int = 10, tolerance: float = TOLERANCE,
-              progress: Optional[Callable[[Iterable], Iterable]] = None) -> List[Row]:
+              progress: Optional[Callable[[Iterable], Iterable]] = None, einconv: bool = False) -> List[Row]:
     """One :class:`Row` per layer × operation, layer by layer.
 
-    ``progress`` wraps the iterable of ``(layer, op)`` pairs (e.g. ``tqdm``).
+    ``progress`` wraps the iterable of ``(layer, op)`` pairs (e.g. ``tqdm``);
+    ``einconv`` measures einconv too (see :func:`measure`).
 
     Example:
         >>> from tnconv.bench.layers import NETS
@@ -138,7 +187,7 @@ def benchmark(layers: Sequence[Layer], ops: Sequence[str] = OPS, repeats: int = 
     pairs = [(layer, op) for layer in layers for op in ops]
     rows = []
     for layer, op in (progress(pairs) if progress else pairs):
-        rows.append(measure(layer, op, repeats, tolerance))
+        rows.append(measure(layer, op, repeats, tolerance, einconv))
     return rows
 
 
@@ -164,6 +213,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"largest relative error of the check (default {TOLERANCE:g})")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results, quick benchmarks/results/quick)")
+    parser.add_argument("--einconv", action="store_true",
+                        help="time einconv 0.1.0 (the paper's package) too, interleaved with the other two; adds the "
+                             "columns einconv_ms, einconv_peak_mb, ratio_vs_einconv and a tnconv / einconv table")
     return parser
 
 
@@ -179,6 +231,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"tnconv bench needs {' and '.join(missing)} (the 'bench' extra): "
               f"python -m pip install 'tnconv[bench]'  (or: python -m pip install {' '.join(missing)})", file=sys.stderr)
         return 2
+    if getattr(args, "einconv", False):
+        from .einconv_ops import INSTALL, missing as missing_einconv
+
+        absent = missing_einconv()
+        if absent:
+            print(f"--einconv needs {' and '.join(absent)}, not installed: {INSTALL}", file=sys.stderr)
+            return 2
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads < 1:
@@ -194,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .report import markdown_table, write_results
+    from .report import einconv_table, markdown_table, write_results
 
     layers = list(select(args.nets))
     if args.quick:
@@ -202,8 +261,9 @@ def _run(args: argparse.Namespace) -> int:
     repeats = args.repeats or (2 if args.quick else 10)
     ops = args.ops or list(OPS)
     out = args.out or Path("benchmarks/results/quick" if args.quick else "benchmarks/results")
+    einconv = getattr(args, "einconv", False)
     print(f"tnconv bench: {len(layers)} layers x {len(ops)} operations, {repeats} interleaved repeats, "
-          f"{args.threads} thread(s), float32 -> {out}")
+          f"{args.threads} thread(s), float32{', with einconv' if einconv else ''} -> {out}")
 
     def progress(pairs):
         bar = tqdm(pairs, unit="op", dynamic_ncols=True)
@@ -212,12 +272,18 @@ def _run(args: argparse.Namespace) -> int:
             yield layer, op
 
     start = time.perf_counter()
-    rows = benchmark(layers, ops, repeats, args.tolerance, progress)
+    rows = benchmark(layers, ops, repeats, args.tolerance, progress, einconv)
     elapsed = time.perf_counter() - start
     meta = dict(layers=len(layers), ops=ops, repeats=repeats, threads=args.threads, quick=args.quick,
                 torch=torch.__version__, seconds=round(elapsed, 1))
-    paths = write_results(rows, out, meta, plots=True)
+    if einconv:
+        from .einconv_ops import version
+
+        meta["einconv"] = version()
+    paths = write_results(rows, out, meta, plots=True, einconv=einconv)
     print(f"\n{markdown_table(rows)}\n")
+    if einconv:
+        print(f"{einconv_table(rows)}\n")
     errors = [row for row in rows if row.error]
     for row in errors:
         print(f"ERROR {row.net}/{row.layer} {row.op}: {row.error}", file=sys.stderr)
