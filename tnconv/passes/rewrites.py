@@ -39,10 +39,17 @@ from .pipeline import register
 
 
 def _sole_carrier(term, pattern):
-    """Position of the input carrying ``pattern``'s leg ``i`` as a one-leg axis, if it alone does."""
+    """Position of the input carrying ``pattern``'s leg ``i`` as a one-leg axis, if it alone does.
+
+    ``"output"`` when the output carries it so and no tensor does (an input VJP):
+    the output's axis is then reshaped instead, e.g. ``(i)`` becomes ``(o k)``.
+    """
     i, o, k = (leg.name for leg in pattern.legs)
-    if i in {leg.name for leg in term.output_legs}:
-        return None
+    out = {leg.name for leg in term.output_legs}
+    if i in out:
+        alone = all(t is pattern or i not in {leg.name for leg in t.legs} for t in term.tensors)
+        own_axis = (i,) in [tuple(leg.name for leg in a) for a in term.output]
+        return "output" if alone and own_axis and o not in out and k not in out else None
     found = None
     for n, t in enumerate(term.tensors):
         if t is pattern:
@@ -82,15 +89,20 @@ def _rewrite(tn, rule):
 def _replace(term, pattern, carrier, axis_legs, extra=()):
     """``term`` with the carrier's axis ``(i)`` replaced by ``axis_legs`` and ``pattern`` by ``extra``."""
     i = pattern.legs[0].name
+
+    def regroup(axes):
+        return tuple(tuple(axis_legs) if len(a) == 1 and a[0].name == i else a for a in axes)
+
     tensors = []
     for n, t in enumerate(term.tensors):
         if t is pattern:
             tensors.extend(extra)
         elif n == carrier:
-            axes = tuple(tuple(axis_legs) if len(a) == 1 and a[0].name == i else a for a in t.axes)
-            tensors.append(Tensor(t.name, axes, t.kind, t.attrs))
+            tensors.append(Tensor(t.name, regroup(t.axes), t.kind, t.attrs))
         else:
             tensors.append(t)
+    if carrier == "output":
+        return term.replace(tensors=tuple(tensors), output=regroup(term.output))
     return term.replace(tensors=tuple(tensors))
 
 
@@ -120,7 +132,9 @@ def _downsample(term, p, carrier, used):
     i, o, k = p.legs
     a = p.attr
     S = a["stride"]
-    if S > k.size and _plain(a) and _same(i.size, o.size * S):
+    # not on an output leg: what would remain is a pattern on the output alone, which hides the
+    # input VJP's template from the native lowering
+    if carrier != "output" and S > k.size and _plain(a) and _same(i.size, o.size * S):
         s = Index(fresh(f"s_{i.name}", used), S)
         unit = Index(fresh(f"u_{i.name}", used), 1)
         keep_first = Tensor.pattern(p.name, s, unit, k, stride=1, pad_left=0, pad_right=0, dilation=1)
