@@ -172,3 +172,14 @@ def test_scaling_in_place_never_writes_into_an_input():
     total = tnconv.compile(tnconv.NetworkSum((tn, tn)))(x=x)  # accumulating into a fresh sum, not into x
     torch.testing.assert_close(total, 4 * before.T)
     torch.testing.assert_close(x, before)
+
+
+def test_a_broadcast_result_is_handed_out_writable():
+    # the bias term lowers to a stride-0 view; alone it must still come back as a tensor one can write into
+    term = tnconv.diagrams.conv(N=1, kernel_size=3, bias=True).terms[1]
+    b = torch.randn(4)
+    before = b.clone()
+    result = tnconv.compile(term)(b=b, B=2, I1=7)
+    torch.testing.assert_close(result, before.view(1, 4, 1).expand(2, 4, 5))
+    result.add_(1.0)  # a stride-0 view would refuse this
+    torch.testing.assert_close(b, before)

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _show_parser(sub)
     demo = sub.add_parser("demo", help="end-to-end run on embedded CNN layers, checked against PyTorch")
-    demo.add_argument("--repeats", type=int, default=5)
+    demo.add_argument("--repeats", type=int, default=21)
     from .bench.run import add_arguments
 
     add_arguments(sub.add_parser("bench", help="time tnconv against PyTorch on the layers of nine CNNs; CSV, table, plots"))

@@ -55,7 +55,7 @@ class _ExecutionPlan:
                 operands = [_shaped(tensors[s[1]], s[2]) if s[0] == "input" else s[1] for s in term.sources]
                 value = _shaped(term.plan(*operands), self.out_shape)
                 if len(self.terms) == 1 and term.scale == 1:
-                    return value
+                    return value.contiguous() if _broadcast(value) else value
                 mine = _owned(value, operands)
             # a fresh result of the plan is scaled and accumulated in place: one pass and one allocation less
             if term.scale != 1:
@@ -67,6 +67,8 @@ class _ExecutionPlan:
                 result.add_(value)
             else:
                 result, owned = result + value, True
+        if _broadcast(result):  # never hand out a stride-0 view: callers may write into results
+            result = result.contiguous()
         return result
 
     @property
@@ -82,9 +84,13 @@ def _shaped(tensor, shape):
     return tensor if tensor.shape == shape else tensor.reshape(shape)
 
 
+def _broadcast(tensor) -> bool:
+    return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
+
+
 def _owned(value, operands) -> bool:
     """Whether ``value`` may be written in place: no autograd history and no memory shared with an operand."""
-    if value.requires_grad or value._base is not None and value._base.requires_grad:
+    if value.requires_grad or value._base is not None and value._base.requires_grad or _broadcast(value):
         return False
     try:
         storage = value.untyped_storage().data_ptr()

@@ -20,17 +20,21 @@ LAYERS = (
 )
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _median_times(ours, theirs, repeats):
+    """Medians of interleaved timings, so a change of load on the machine hits both alike."""
+    samples = ([], [])
+    for fn in (ours, theirs, ours, theirs):  # warm up: plans, caches, allocator
         fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    for r in range(repeats):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for n in order:
+            start = time.perf_counter()
+            (ours, theirs)[n]()
+            samples[n].append(time.perf_counter() - start)
+    return tuple(sorted(s)[len(s) // 2] for s in samples)
 
 
-def run(repeats: int = 5, batch: int = 4) -> int:
+def run(repeats: int = 21, batch: int = 4) -> int:
     from . import functional as tf
 
     print(f"tnconv demo: {len(LAYERS)} layers, batch {batch}, float64 check and float32 timing\n")
@@ -47,9 +51,9 @@ def run(repeats: int = 5, batch: int = 4) -> int:
         err = (ours - ref).abs().max().item() / max(ref.abs().max().item(), 1.0)
         worst = max(worst, err)
         x32, w32, b32 = x.float(), w.float(), b.float()
-        tf.conv(x32, w32, b32, stride=s, padding=p, groups=g)  # plan once
-        t_ours = _median_time(lambda: tf.conv(x32, w32, b32, stride=s, padding=p, groups=g), repeats)
-        t_ref = _median_time(lambda: torch.nn.functional.conv2d(x32, w32, b32, stride=s, padding=p, groups=g), repeats)
+        t_ours, t_ref = _median_times(lambda: tf.conv(x32, w32, b32, stride=s, padding=p, groups=g),
+                                      lambda: torch.nn.functional.conv2d(x32, w32, b32, stride=s, padding=p, groups=g),
+                                      repeats)
         print(f"{name:<24}{err:>22.2e}{t_ours * 1e3:>11.2f}{t_ref * 1e3:>10.2f}{t_ours / t_ref:>8.2f}")
     ok = worst < 1e-10
     print(f"\n{'OK' if ok else 'MISMATCH'}: largest relative error {worst:.2e}")

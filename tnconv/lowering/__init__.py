@@ -144,12 +144,14 @@ def _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_lim
 
     def run(*arrays):
         result = inner(*arrays).reshape(shape[:len(order) - len(gone)] + (1,) * len(gone))
-        # expand makes a stride-0 view; a copy lets callers write into the result
-        result = result if trivial else result.expand(shape).contiguous()
-        return (result * factor if factor != 1 else result).permute(to_output)
+        if factor != 1:
+            result = result * factor
+        # a stride-0 view: a bias is added to the convolution in place, never materialized
+        # (the compiler copies a broadcast result it would otherwise hand to the caller)
+        return (result if trivial else result.expand(shape)).permute(to_output)
 
     out_elements = prod(shape)
-    extra = out_elements * ((factor != 1) + (not trivial))
+    extra = prod(shape[:len(order) - len(gone)]) * (factor != 1)
     return tuple(kept[p] for p in positions), Plan(run, inner.equation, inner.flops + out_elements * (factor != 1),
                                                    max(inner.largest_intermediate, out_elements), inner.path, inner.slices,
                                                    inner.write + extra)
