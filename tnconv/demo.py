@@ -57,4 +57,6 @@ def run(repeats: int = 21, batch: int = 4) -> int:
         print(f"{name:<24}{err:>22.2e}{t_ours * 1e3:>11.2f}{t_ref * 1e3:>10.2f}{t_ours / t_ref:>8.2f}")
     ok = worst < 1e-10
     print(f"\n{'OK' if ok else 'MISMATCH'}: largest relative error {worst:.2e}")
+    print("On these sub-millisecond calls tnconv's ~15 us per call and its separate bias addition (PyTorch fuses it)\n"
+          "show; `tnconv bench` compares all operations on 130 real layers.")
     return 0 if ok else 1
