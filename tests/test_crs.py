@@ -188,3 +188,12 @@ def test_sampled_weight_vjp_checks_its_indices():
     with pytest.raises(ValueError, match="groups"):
         F.sample_input(x, (0.5, 0.5), groups=3)
     assert Conv1d(4, 3, 3, crs_keep=0.5).crs_keep == (0.5, 0.5)
+
+
+def test_sample_input_refuses_what_the_thorough_fuzz_found():
+    from tnconv.functional import sample_input
+
+    with pytest.raises(ValueError, match="groups"):  # every count divides 0 channels: was a 10^12-step loop
+        sample_input(torch.zeros(0, 0, 0, 0), (1.0, 1.0, 1.0), groups=10**12)
+    with pytest.raises(ValueError, match="MAX_ELEMENTS"):  # an expanded view of 2^41 elements: randperm ran out of memory
+        sample_input(torch.zeros(1, 1, 1, 1).expand(1, 2, 2**20, 2**20), (1.0, 0.5, 0.5))

@@ -77,3 +77,13 @@ CASES = [
 def test_bad_input_raises_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_unfold_transpose_refuses_an_empty_output():
+    # found by the thorough fuzz profile: a RuntimeError from torch.zeros escaped
+    from tnconv.functional import unfold_transpose
+
+    with pytest.raises(ValueError, match="padding"):
+        unfold_transpose(torch.zeros(0, 0, 0, dtype=torch.float64), 1, padding=10**9)
+    with pytest.raises(ValueError, match="output_padding"):
+        unfold_transpose(torch.zeros(1, 1, 4), 2, stride=2, output_padding=2)

@@ -38,6 +38,19 @@ def _check_output(spec: ConvSpec, spatial, name="x") -> tuple:
     return tuple(sizes)
 
 
+def check_transpose_output(spec: ConvSpec, output_padding, spatial) -> None:
+    """A transpose convolution's ``output_padding`` is below stride or dilation and its output is not empty."""
+    for op, s, d in zip(output_padding, spec.stride, spec.dilation):
+        if op >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                             f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
+    for d, I in enumerate(spatial):
+        K, S, (pl, pr), D = spec.kernel_size[d], spec.stride[d], spec.padding[d], spec.dilation[d]
+        if (I - 1) * S - pl - pr + D * (K - 1) + output_padding[d] + 1 < 1:
+            raise ValueError(f"padding {spec.padding} is too large: the transpose convolution's output would be "
+                             f"empty along spatial dimension {d}")
+
+
 def _batched(x, weight_ndim, name="x"):
     """Allow PyTorch's unbatched input ``[C, *I]``; returns (batched x, squeeze?)."""
     if x.ndim == weight_ndim - 1:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from .._args import ConvSpec, check_size, check_tensor, ntuple
-from ._common import _check_groups, _check_output, _freeze, check_grad_output, compiled, conv_geometry
+from ._common import (_check_groups, _check_output, _freeze, check_grad_output, check_transpose_output, compiled,
+                      conv_geometry)
 
 
 def _factor_spec(x, kernel_size, stride, padding, dilation, groups):
@@ -64,15 +65,7 @@ def _transpose_spec(x, kernel_size, stride, padding, output_padding, dilation, g
         raise ValueError(f"padding must be an int or a tuple for a transpose convolution, got {padding!r}")
     spec = _factor_spec(x, kernel_size, stride, padding, dilation, groups)
     output_padding = ntuple(output_padding, spec.N, "output_padding", minimum=0)
-    for op, s, d in zip(output_padding, spec.stride, spec.dilation):
-        if op >= max(s, d):
-            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
-                             f"output_padding={output_padding}, stride={spec.stride}, dilation={spec.dilation}")
-    for d, I in enumerate(x.shape[2:]):
-        K, S, (pl, pr), D = spec.kernel_size[d], spec.stride[d], spec.padding[d], spec.dilation[d]
-        if (I - 1) * S - pl - pr + D * (K - 1) + output_padding[d] + 1 < 1:
-            raise ValueError(f"padding {spec.padding} is too large: the transpose convolution's output would be "
-                             f"empty along spatial dimension {d}")
+    check_transpose_output(spec, output_padding, x.shape[2:])
     return spec, output_padding
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from .._args import ConvSpec, check_same, check_tensor, ntuple
-from ._common import _batched, _check_bias, _check_groups, _check_output, _freeze, compiled, conv_geometry
+from ._common import (_batched, _check_bias, _check_groups, _check_output, _freeze, check_transpose_output, compiled,
+                      conv_geometry)
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -193,6 +194,7 @@ def unfold_transpose(x, kernel_size, stride=1, padding=0, output_padding=0, dila
         raise ValueError(f"padding must be an int or a tuple for unfold_transpose, got {padding!r}")
     spec = ConvSpec.make(N, kernel_size, stride, padding, dilation)
     output_padding = ntuple(output_padding, N, "output_padding", minimum=0)
+    check_transpose_output(spec, output_padding, x.shape[2:])
     return compiled("unfold_transpose", N=N, output_padding=output_padding, **_freeze(spec))(x=x)
 
 

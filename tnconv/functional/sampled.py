@@ -21,7 +21,7 @@ import torch
 
 from .. import diagrams, passes
 from .._args import ConvSpec, check_size, check_tensor
-from ..compiler import compile as _compile
+from ..compiler import MAX_ELEMENTS, compile as _compile
 from ..passes.crs import keep_count
 from ._common import BACKEND, _freeze, check_grad_output, conv_geometry
 
@@ -58,12 +58,14 @@ def sample_input(x, crs_keep, groups=1, generator=None):
         (torch.Size([2, 2, 6, 10]), torch.Size([2, 1]))
     """
     check_tensor(x, "x", min_ndim=3)
+    if x.numel() > MAX_ELEMENTS:  # an expanded view can claim any size; the draws would not fit
+        raise ValueError(f"x has {x.numel()} elements, more than MAX_ELEMENTS={MAX_ELEMENTS}; check its shape")
     N = x.ndim - 2
     crs_keep = check_keep(crs_keep, N)
     B, C = x.shape[:2]
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1 or C % groups:
+    if groups < 1 or C % groups or groups > max(C, 1):
         raise ValueError(f"groups must be a positive divisor of the {C} input channels, got {groups}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
