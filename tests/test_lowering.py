@@ -6,7 +6,7 @@ from hypothesis import given, settings
 
 import tnconv
 from tnconv import diagrams
-from tnconv.lowering import check_lowering, cost, native, views
+from tnconv.lowering import check_lowering, cost, native, views, without_broadcasts
 from tnconv.testing.strategies import conv_configs, st
 
 DT = torch.float64
@@ -57,18 +57,8 @@ def _check(c, lowering):
             alone = tnconv.compile(tn, lowering=("native",))
             alone(**inputs)
             (native_plan,) = [t.plan for t in alone._last.terms if t.plan is not None]
-            assert native.match(_without_broadcasts(alone.network.terms[0])) is not None, name  # whichever plan won
+            assert native.match(without_broadcasts(alone.network.terms[0])[0]) is not None, name  # whichever plan won
             assert cost(chosen) <= cost(native_plan), (name, chosen.equation, native_plan.equation)
-
-
-def _without_broadcasts(term):
-    from tnconv.lowering import _broadcasts, _Part
-
-    output = tuple(l.name for l in term.output_legs)
-    strip = _broadcasts(term, output)
-    gone = {l.name for n in strip for l in term.tensors[n].legs}
-    return _Part(tuple(t for n, t in enumerate(term.tensors) if n not in strip),
-                 tuple(l for l in term.output_legs if l.name not in gone))
 
 
 @settings(deadline=None)

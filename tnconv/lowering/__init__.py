@@ -131,11 +131,20 @@ def _broadcasts(term, output):
     return found
 
 
-def _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_limit, lowering, cap):
+def without_broadcasts(term, strip=None):
+    """``(part, kept, gone)``: ``term`` without the constants :func:`_broadcasts` finds (or ``strip``),
+    the positions of the tensors it keeps, and the output legs only those constants carried."""
+    if strip is None:
+        strip = _broadcasts(term, tuple(l.name for l in term.output_legs))
     kept = [n for n in range(len(term.tensors)) if n not in strip]
     gone = [l.name for n in strip for l in term.tensors[n].legs]
-    factor = prod(float(term.tensors[n].attr["value"]) for n in strip)
     part = _Part(tuple(term.tensors[n] for n in kept), tuple(l for l in term.output_legs if l.name not in gone))
+    return part, kept, gone
+
+
+def _lower_broadcast(term, strip, output, sizes, dtype, plan_backend, memory_limit, lowering, cap):
+    part, kept, gone = without_broadcasts(term, strip)
+    factor = prod(float(term.tensors[n].attr["value"]) for n in strip)
     positions, inner = lower(part, sizes, dtype, plan_backend, memory_limit, lowering, cap)
     order = tuple(l.name for l in part.output_legs) + tuple(gone)
     shape = tuple(sizes[n] for n in order)
