@@ -1,4 +1,4 @@
-"""Drop-in replacements for ``torch.nn.Conv1d/2d/3d`` (and any N) backed by tnconv.
+"""The convolution layers: drop-in replacements for ``torch.nn.Conv1d/2d/3d`` (and any N) backed by tnconv.
 
 The layers subclass PyTorch's, so constructor arguments, parameter names,
 initialization and ``state_dict`` are PyTorch's own; only the convolution is
@@ -14,8 +14,8 @@ import torch
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _ntuple
 
-from . import functional as F
-from .functional.sampled import check_keep
+from .. import functional as F
+from ..functional.sampled import check_keep
 
 
 class ConvFunction(torch.autograd.Function):
