@@ -44,39 +44,13 @@ import torch
 from torch import nn
 
 import tnconv.nn
+from tnconv.testing.models import all_cnn_c
 
 OUT = pathlib.Path(__file__).parent / "results"
 PS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
 SCHEMES = {"channel": lambda p: (p, 1.0, 1.0), "spatial": lambda p: (1.0, math.sqrt(p), math.sqrt(p))}
 SAMPLERS = ("fixed", "bernoulli")
 REFERENCE_P = 0.75  # the paper: 75% of channels are matched by ~35% of pixels
-
-
-def all_cnn_c(num_classes: int = 10) -> nn.Sequential:
-    """All-CNN-C as in DeepOBS's CIFAR-100 problem (Xavier-normal weights, bias 0.1), for 32x32 RGB inputs.
-
-    TensorFlow's 'same' padding of the stride-2 layers becomes padding 1 (same
-    output sizes: 32 -> 16 -> 8). Dropout layers are kept so the architecture
-    reads as published; :func:`main` puts the model in eval mode to disable them.
-
-    Example:
-        >>> all_cnn_c()(torch.randn(2, 3, 32, 32)).shape
-        torch.Size([2, 10])
-    """
-    # (in, out, kernel, stride, padding); a float is a dropout layer with that rate
-    layout = [0.2, (3, 96, 3, 1, 1), (96, 96, 3, 1, 1), (96, 96, 3, 2, 1),
-              0.5, (96, 192, 3, 1, 1), (192, 192, 3, 1, 1), (192, 192, 3, 2, 1),
-              0.5, (192, 192, 3, 1, 0), (192, 192, 1, 1, 0), (192, num_classes, 1, 1, 0)]
-    layers = []
-    for item in layout:
-        if isinstance(item, float):
-            layers.append(nn.Dropout(item))
-            continue
-        conv = nn.Conv2d(*item)
-        nn.init.xavier_normal_(conv.weight)
-        nn.init.constant_(conv.bias, 0.1)
-        layers += [conv, nn.ReLU()]
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def digits_images(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
