@@ -297,3 +297,56 @@ def test_joint_input_factor_appends_a_constant_input(form, transpose):
         else:
             ref = torch.einsum("bio,bjo->ij", u, u) / (3 * (O if form == "expand" else 1))
         close(A[g], ref)
+
+
+@pytest.mark.parametrize("form", ["expand", "reduce", "sum"])
+@pytest.mark.parametrize("spatial, conv", [
+    ((1, 1), dict(kernel_size=3, padding=1)),  # ResNet's last layers at 32x32: only the centre tap is live
+    ((2, 2), dict(kernel_size=3, stride=2, padding=1)),  # the first tap only ever sees padding
+    ((1, 3), dict(kernel_size=(5, 3), padding=(2, 1), dilation=(1, 1))),
+    ((2, 5), dict(kernel_size=3, padding=3, dilation=2, stride=(3, 1))),  # live taps 0 and 2 only: not contiguous
+    ((1, 1), dict(kernel_size=3, padding="same")),
+    ((3, 3), dict(kernel_size=3, padding=1)),  # nothing to crop
+])
+def test_dead_kernel_taps_are_cropped_exactly(spatial, conv, form):
+    """Input factors computed on the live taps only and scattered equal the full computation, joint bias included."""
+    from tnconv.curvature.factors import _live_kernel, input_factor
+
+    torch.manual_seed(0)
+    module = nn.Conv2d(4, 6, groups=2, **conv).to(DT)
+    layer = find_layers(module)[0]
+    x = torch.randn(3, 4, *spatial, dtype=DT)
+    y = module(x)
+    h = layer.hyper()
+    fn = tnconv.functional.kfac_reduce if form == "reduce" else tnconv.functional.kfc
+    full = fn(x, **h) / (y[0, 0].numel() if form == "expand" else 1)
+    close(input_factor(layer, x, y.shape, form), full, 1e-13)
+    joint = input_factor(layer, x, y.shape, form, joint=True)
+    close(joint[:, :-1, :-1], full, 1e-13)
+    u = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding if conv.get("padding") !=
+                                   "same" else 1, module.stride)
+    patch = u.view(3, 2, -1, u.shape[-1]).sum((0, 3)) / (3 * (1 if form == "sum" else u.shape[-1]))
+    close(joint[:, :-1, -1], patch, 1e-13)
+    crop = _live_kernel(tuple(spatial), tuple(module.kernel_size), tuple(module.stride), module.padding,
+                        tuple(module.dilation))
+    assert (crop is None) == (spatial in ((3, 3), (2, 5)))
+
+
+@pytest.mark.parametrize("ema", [None, 0.8])
+def test_live_taps_changing_between_batches(ema):
+    """Inputs of 1x1 (centre tap live), then 3x3 (all live), then 1x1 again: the running factor goes dense, exactly."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).to(DT)
+    batches = [torch.randn(B, 2, s, s, dtype=DT) for B, s in ((3, 1), (2, 3), (4, 1))]
+    kfac = KFAC(net, nn.MSELoss(), fisher_type="type-2", ema=ema)
+    singles = []
+    for x in batches:
+        kfac.update(x)
+        single = KFAC(net, nn.MSELoss(), fisher_type="type-2")
+        single.update(x)
+        singles.append(single.factors["0.weight"][0])
+    if ema is None:
+        ref = sum(B * A for B, A in zip((3, 2, 4), singles)) / 9
+    else:
+        ref = (ema * (ema * singles[0] + (1 - ema) * singles[1]) + (1 - ema) * singles[2])
+    close(kfac.factors["0.weight"][0], ref, 1e-13)

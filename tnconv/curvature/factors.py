@@ -29,10 +29,15 @@ factor gains a last row and column from a constant-1 input entry per position:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
 
 import torch
 
 from .. import functional as F
+from .._args import padding_pairs
+from ..ir import output_size
 from .layers import Layer
 
 INPUT_FORMS = ("expand", "reduce", "sum")
@@ -66,6 +71,85 @@ def _patch_sum(layer: Layer, x: torch.Tensor, hyper: dict, output_shape, groups:
     return w.reshape(groups, -1)
 
 
+@lru_cache(maxsize=1024)
+def _live_kernel(spatial: tuple, kernel_size: tuple, stride: tuple, padding, dilation: tuple):
+    """The kernel taps that ever see the input: ``(cropped hyper-parameters, (start, stop) per axis)``, or ``None``.
+
+    A tap ``k`` of an axis multiplies input ``k·D + o·S − P_l`` at output ``o``;
+    when that index is padding for every output, the tap's rows and columns of
+    the input factor are zero (a 3x3 convolution with padding 1 on a 1x1
+    input: only the centre tap is live, so the factor of ResNet-18's last
+    layers at 32x32 is a ``C x C`` block in a ``9C x 9C`` matrix). The cropped
+    convolution has the same outputs; its factor is scattered into the zeros.
+    """
+    N = len(spatial)
+    pairs = padding_pairs(padding, N, kernel_size, dilation, stride)
+    kernel, pads, slices, cropped = [], [], [], False
+    for I, K, S, (pl, pr), D in zip(spatial, kernel_size, stride, pairs, dilation):
+        O = output_size(I, K, S, pl, pr, D)
+        live = [k for k in range(K) if max(0, -(-(pl - k * D) // S)) <= min(O - 1, (I - 1 - k * D + pl) // S)]
+        lo, hi = (live[0], live[-1]) if live else (0, K - 1)
+        pl2, pr2 = pl - lo * D, pr - (K - 1 - hi) * D
+        if (lo, hi) == (0, K - 1) or pl2 < 0 or pr2 < 0 or output_size(I, hi - lo + 1, S, pl2, pr2, D) != O:
+            lo, hi, pl2, pr2 = 0, K - 1, pl, pr
+        else:
+            cropped = True
+        kernel.append(hi - lo + 1)
+        pads.append((pl2, pr2))
+        slices.append((lo, hi + 1))  # (start, stop): slices are not hashable before Python 3.12
+    if not cropped:
+        return None
+    return dict(kernel_size=tuple(kernel), padding=tuple(pads)), tuple(slices)
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """A factor ``[G, n, n]`` given by its rows and columns ``index`` (the others are zero).
+
+    ``index=None`` means all rows: ``values`` is the dense factor. ``key``
+    identifies the index (equal keys, equal index), so that factors of one
+    layer add up block by block while its live kernel taps stay the same.
+
+    Example:
+        >>> b = Block(torch.ones(1, 1, 1), (0,), 3, "k")
+        >>> b.dense()[0]
+        tensor([[1., 0., 0.],
+                [0., 0., 0.],
+                [0., 0., 0.]])
+    """
+
+    values: torch.Tensor
+    index: Optional[tuple]
+    size: int
+    key: object = None
+
+    def dense(self) -> torch.Tensor:
+        """The full ``[G, n, n]`` factor."""
+        if self.index is None:
+            return self.values
+        out = self.values.new_zeros(self.values.shape[0], self.size, self.size)
+        out[:, self.index_tensor(self.values.device).unsqueeze(1), self.index_tensor(self.values.device)] = self.values
+        return out
+
+    def index_tensor(self, device) -> torch.Tensor:
+        """``index`` as a ``LongTensor`` on ``device``."""
+        return _index(self.index).to(device)
+
+
+@lru_cache(maxsize=256)
+def _index(index: tuple) -> torch.Tensor:
+    return torch.tensor(index, dtype=torch.long)
+
+
+@lru_cache(maxsize=256)
+def _live_index(channels: int, kernel_size: tuple, slices: tuple, joint: bool) -> tuple:
+    """Positions of the live taps' rows in the full patch ``(c, k1..kN)``, plus the bias's last row if ``joint``."""
+    full = torch.arange(channels * math.prod(kernel_size)).view(channels, *kernel_size)
+    index = full[(slice(None),) + tuple(slice(*r) for r in slices)].reshape(-1).tolist()
+    n = full.numel()
+    return tuple(index + [n] if joint else index), n + int(joint)
+
+
 def _linear_rows(x: torch.Tensor) -> torch.Tensor:
     """A linear layer's input ``[B, *S, d]`` as ``[B, S, d]``."""
     return x.reshape(x.shape[0], -1, x.shape[-1])
@@ -90,6 +174,20 @@ def input_factor(layer: Layer, x: torch.Tensor, output_shape, form: str, shared:
         >>> input_factor(layer, x, (5, 6, 5, 5), "reduce").shape, input_factor(layer, x, (5, 6, 5, 5), "expand", True).shape
         (torch.Size([2, 18, 18]), torch.Size([1, 18, 18]))
     """
+    return input_factor_block(layer, x, output_shape, form, shared, joint).dense()
+
+
+def input_factor_block(layer: Layer, x: torch.Tensor, output_shape, form: str, shared: bool = False,
+                       joint: bool = False) -> Block:
+    """:func:`input_factor` as a :class:`Block`: only the rows of kernel taps that ever see the input.
+
+    Example:
+        >>> from tnconv.curvature import find_layers
+        >>> layer = find_layers(torch.nn.Conv2d(4, 6, 3, padding=1))[0]
+        >>> block = input_factor_block(layer, torch.randn(2, 4, 1, 1), (2, 6, 1, 1), "reduce")
+        >>> tuple(block.values.shape), block.size       # the centre tap of each of the 4 channels
+        ((1, 4, 4), 36)
+    """
     if form not in INPUT_FORMS:
         raise ValueError(f"form must be one of {INPUT_FORMS}, got {form!r}")
     B = x.shape[0]
@@ -102,10 +200,9 @@ def input_factor(layer: Layer, x: torch.Tensor, output_shape, form: str, shared:
         else:
             flat = rows.reshape(-1, rows.shape[-1])
             A = (flat.T @ flat / (B if form == "sum" else B * O)).unsqueeze(0)
-        if not joint:
-            return A
-        patch = rows.sum((0, 1)).unsqueeze(0)
-        return _append_bias(A, patch, B, O, form)
+        if joint:
+            A = _append_bias(A, rows.sum((0, 1)).unsqueeze(0), B, O, form)
+        return Block(A, None, A.shape[-1])
     groups = layer.groups
     hyper = layer.hyper()
     if layer.transposed:
@@ -114,17 +211,26 @@ def input_factor(layer: Layer, x: torch.Tensor, output_shape, form: str, shared:
         x, groups = _group_mean(x, groups), 1
     O = math.prod(output_shape[2:])
     kw = dict(hyper, groups=groups)
+    crop = None
     if layer.transposed:
         fn = F.kfac_reduce_transpose if form == "reduce" else F.kfc_transpose
     else:
-        kw.pop("output_padding", None)
         fn = F.kfac_reduce if form == "reduce" else F.kfc
+        crop = _live_kernel(tuple(x.shape[2:]), hyper["kernel_size"], hyper["stride"], hyper["padding"],
+                            hyper["dilation"])
+        if crop is not None:
+            kw.update(crop[0])
+            hyper = dict(hyper, **crop[0])
     A = fn(x, **kw)
     if form == "expand":
-        A = A / O
-    if not joint:
-        return A
-    return _append_bias(A, _patch_sum(layer, x, hyper, output_shape, groups), B, O, form)
+        A = A.div_(O)
+    if joint:
+        A = _append_bias(A, _patch_sum(layer, x, hyper, output_shape, groups), B, O, form)
+    if crop is None:
+        return Block(A, None, A.shape[-1])
+    key = (x.shape[1] // groups, tuple(layer.module.kernel_size), crop[1], joint)
+    index, size = _live_index(*key)
+    return Block(A, index, size, key)
 
 
 def _append_bias(A: torch.Tensor, patch_sum: torch.Tensor, B: int, O: int, form: str) -> torch.Tensor:
@@ -164,4 +270,4 @@ def gradient_factor(layer: Layer, grads: torch.Tensor, form: str, shared: bool =
     return fn(g, groups=groups)
 
 
-__all__ = ["input_factor", "gradient_factor", "INPUT_FORMS", "OUTPUT_FORMS"]
+__all__ = ["input_factor", "input_factor_block", "Block", "gradient_factor", "INPUT_FORMS", "OUTPUT_FORMS"]

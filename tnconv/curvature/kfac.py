@@ -19,7 +19,7 @@ from torch import nn
 
 from . import blocks
 from .capture import STRATEGIES, Capture
-from .factors import gradient_factor, input_factor
+from .factors import Block, gradient_factor, input_factor_block
 from .layers import find_layers
 from .loss import check_fisher_type, check_loss, output_sqrt, reduction_scale
 
@@ -165,6 +165,7 @@ class KFAC:
         """Forget all factors (and re-seed the Monte-Carlo generator unless one was passed)."""
         self._A: dict = {}
         self._G: dict = {}
+        self._finished = None  # the normalized factors, until the next update
         self.num_data = 0
         self.num_updates = 0
         if self._user_generator is None:
@@ -209,17 +210,21 @@ class KFAC:
 
         def on_input(layer, x, output):
             if layer.weight is not None:
-                batch_A[layer.name] = input_factor(layer, x, output.shape, self._input_form, self._shared(layer),
-                                                   self._joint(layer))
+                batch_A[layer.name] = input_factor_block(layer, x, output.shape, self._input_form,
+                                                         self._shared(layer), self._joint(layer))
 
         def on_grad(layer, grads):
             G = gradient_factor(layer, grads, self._output_form, self._shared(layer))
-            batch_G[layer.name] = G if layer.name not in batch_G else batch_G[layer.name] + G
+            if layer.name in batch_G:
+                batch_G[layer.name].add_(G)
+            else:
+                batch_G[layer.name] = G
 
         record = loss_backward and self.fisher_type == "empirical"
         loss = None
-        with torch.enable_grad(), Capture(self.layers, keep_inputs=False, keep_grad_outputs=record,
-                                          on_input=on_input) as cap:
+        # forward-only needs no graph at all, unless the caller backpropagates the loss
+        grad_mode = torch.enable_grad() if loss_backward or self.fisher_type != "forward-only" else torch.no_grad()
+        with grad_mode, Capture(self.layers, keep_inputs=False, keep_grad_outputs=record, on_input=on_input) as cap:
             output = self.model(inputs)
             if not isinstance(output, torch.Tensor) or output.ndim != 2:
                 got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
@@ -241,7 +246,7 @@ class KFAC:
                     if grads is None:  # the loss does not depend on this layer
                         grads = output.new_zeros((1,) + cap.output_shapes[layer.name])
                     on_grad(layer, grads)
-                    batch_G[layer.name] = batch_G[layer.name] * scale
+                    batch_G[layer.name].mul_(scale)
             else:
                 S = output_sqrt(output, self.loss_func, targets, self.fisher_type, self.mc_samples,
                                 self._rng(output.device) if self.fisher_type == "mc" else None)
@@ -252,41 +257,71 @@ class KFAC:
         return None if loss is None else loss.detach()
 
     def _accumulate(self, batch_A: dict, batch_G: dict, B: int) -> None:
-        """Fold one batch's factors (normalized per batch) into the running ones, all-reduced when distributed."""
+        """Fold one batch's factors (normalized per batch) into the running ones, all-reduced when distributed.
+
+        Works in place on the batch's fresh factors, and on input factors only
+        over the rows of live kernel taps (:class:`~tnconv.curvature.factors.Block`):
+        the largest factors (``[C·K, C·K]`` of a deep convolution on a tiny
+        input) are neither copied nor rewritten per batch.
+        """
         mean = self.loss_info.reduction == "mean"
-        names = list(batch_A) + list(batch_G)
         # contributions that add up over ranks: the sums over the batch's data
-        sums = [batch_A[n] * B for n in batch_A] + [batch_G[n] * (B if mean else 1) for n in batch_G]
+        for A in batch_A.values():
+            A.values.mul_(B)
+        if mean:
+            for G in batch_G.values():
+                G.mul_(B)
         n = B
         dist = self._world()
         if dist is not None:
-            flat = torch.cat([s.reshape(-1) for s in sums]) if sums else torch.zeros(0)
-            count = torch.tensor([float(B)], dtype=flat.dtype if sums else torch.float64, device=flat.device)
-            dist.all_reduce(flat, group=self.process_group)
+            for t in [A.values for A in batch_A.values()] + list(batch_G.values()):
+                dist.all_reduce(t, group=self.process_group)
+            count = torch.tensor([B], dtype=torch.int64)
             dist.all_reduce(count, group=self.process_group)
-            n = int(round(count.item()))
-            sums = list(flat.split([s.numel() for s in sums]))
-            sums = [s.view_as(ref) for s, ref in zip(sums, [batch_A[k] for k in batch_A] + [batch_G[k] for k in batch_G])]
-        store = [self._A] * len(batch_A) + [self._G] * len(batch_G)
-        for name, total, target, is_G in zip(names, sums, store, [False] * len(batch_A) + [True] * len(batch_G)):
-            if self.ema is None:
-                target[name] = total if name not in target else target[name] + total
+            n = int(count.item())
+        beta = self.ema
+        for name, block in batch_A.items():
+            if beta is not None:
+                block.values.div_(n)
+            if name not in self._A:
+                self._A[name] = block
+                continue
+            stored = self._A[name]
+            if beta is not None:
+                stored.values.mul_(beta)
+                block.values.mul_(1 - beta)
+            if stored.index is not None and stored.key != block.key:  # the live taps changed: go dense
+                stored = self._A[name] = Block(stored.dense(), None, stored.size)
+            if stored.index is None and block.index is not None:
+                index = block.index_tensor(stored.values.device)
+                stored.values[:, index.unsqueeze(1), index] += block.values
             else:
-                batch = total / n if (mean or not is_G) else total
-                target[name] = batch if name not in target else target[name].mul(self.ema).add_(batch, alpha=1 - self.ema)
+                stored.values.add_(block.values)
+        for name, total in batch_G.items():
+            if beta is not None and mean:
+                total.div_(n)
+            if name not in self._G:
+                self._G[name] = total
+            elif beta is None:
+                self._G[name].add_(total)
+            else:
+                self._G[name].mul_(beta).add_(total, alpha=1 - beta)
         self.num_data += n
         self.num_updates += 1
+        self._finished = None
 
     # ------------------------------------------------------------------ factors
 
     def _factor_A(self, name: str) -> torch.Tensor:
-        A = self._A[name]
-        return A / self.num_data if self.ema is None else A
+        block = self._A[name]
+        if self.ema is not None:
+            return block.dense()
+        return block.values / self.num_data if block.index is None else block.dense().div_(self.num_data)
 
     def _factor_G(self, layer) -> torch.Tensor:
         if self.fisher_type == "forward-only":
             G, m = blocks.layer_groups(layer, self._shared(layer))
-            ref = self._A[layer.name] if layer.name in self._A else None
+            ref = self._A[layer.name].values if layer.name in self._A else None
             dtype = ref.dtype if ref is not None else self.params[0].dtype
             device = ref.device if ref is not None else self.params[0].device
             return torch.eye(m, dtype=dtype, device=device).expand(G, m, m).clone()
@@ -307,21 +342,22 @@ class KFAC:
         ``separate_weight_and_bias=False`` the weight and the bias map to the
         same joint pair.
         """
-        self._check_updated()
         out = {}
         for layer in self.layers:
-            Gf = self._factor_G(layer)
+            A, Gf = self._layer_factors()[layer.name]
             if layer.weight is not None:
-                out[layer.weight] = (self._factor_A(layer.name), Gf)
+                out[layer.weight] = (A, Gf)
             if layer.bias is not None:
                 out[layer.bias] = out[layer.weight] if self._joint(layer) else (Gf.new_ones(Gf.shape[0], 1, 1), Gf)
         return out
 
     def _layer_factors(self) -> dict:
-        """``{layer name: (A or None, G)}`` in the blocks' layout."""
+        """``{layer name: (A or None, G)}`` in the blocks' layout (computed once per update)."""
         self._check_updated()
-        return {layer.name: (self._factor_A(layer.name) if layer.weight is not None else None, self._factor_G(layer))
-                for layer in self.layers}
+        if self._finished is None:
+            self._finished = {layer.name: (self._factor_A(layer.name) if layer.weight is not None else None,
+                                           self._factor_G(layer)) for layer in self.layers}
+        return self._finished
 
     def __matmul__(self, vector):
         """``KFAC @ v`` for ``v`` a list shaped like :attr:`params` (``[*p.shape]`` or ``[*p.shape, K]``) or flat ``[D]``/``[D, K]``."""
@@ -368,7 +404,8 @@ class KFAC:
 
     def state_dict(self) -> dict:
         """The running factors, data count, configuration and generator state (not the model's parameters)."""
-        return dict(config=self._config(), A=dict(self._A), G=dict(self._G), num_data=self.num_data,
+        return dict(config=self._config(), A={k: v.dense().clone() for k, v in self._A.items()},
+                    G={k: v.clone() for k, v in self._G.items()}, num_data=self.num_data,
                     num_updates=self.num_updates,
                     generator=None if self.generator is None else self.generator.get_state())
 
@@ -384,7 +421,9 @@ class KFAC:
         diff = [k for k in mine if mine[k] != theirs.get(k)]
         if diff:
             raise ValueError(f"state comes from a KFAC with other settings: {', '.join(f'{k}={theirs.get(k)!r} (here {mine[k]!r})' for k in diff)}")
-        self._A, self._G = dict(state["A"]), dict(state["G"])
+        self._A = {k: Block(v.clone(), None, v.shape[-1]) for k, v in state["A"].items()}
+        self._G = {k: v.clone() for k, v in state["G"].items()}
+        self._finished = None
         self.num_data, self.num_updates = state["num_data"], state["num_updates"]
         if state["generator"] is not None:
             if self.generator is None:
