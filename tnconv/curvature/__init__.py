@@ -12,11 +12,12 @@ quantity are tabulated in ``docs/curvature.md``.
 from .capture import Capture
 from .inverse import KFACInverse
 from .kfac import KFAC
+from .preconditioner import KFACPreconditioner
 from .layers import Layer, find_layers, supported_parameters
 from .loss import FISHER_TYPES, LossInfo, check_loss, empirical_sqrt, hessian_sqrt, output_sqrt, reduction_scale, sampled_sqrt
 
 __all__ = [
     # shared infrastructure and KFAC (owner: kfac)
-    "KFAC", "KFACInverse", "Capture", "Layer", "find_layers", "supported_parameters", "FISHER_TYPES", "LossInfo", "check_loss",
+    "KFAC", "KFACInverse", "KFACPreconditioner", "Capture", "Layer", "find_layers", "supported_parameters", "FISHER_TYPES", "LossInfo", "check_loss",
     "empirical_sqrt", "hessian_sqrt", "output_sqrt", "reduction_scale", "sampled_sqrt",
 ]

@@ -15,6 +15,20 @@ def _positive(value, name):
     return float(value)
 
 
+def _eigh(M: torch.Tensor, layer: str, which: str):
+    """``torch.linalg.eigh`` with a clear error for non-finite factors and a float64 retry (as curvlinops retries)."""
+    if not torch.isfinite(M).all():
+        raise FloatingPointError(f"the {which} factor of layer {layer!r} is not finite: the training diverged "
+                                 "(lower the learning rate or raise the damping)")
+    try:
+        return torch.linalg.eigh(M)
+    except torch.linalg.LinAlgError:
+        if M.dtype == torch.float64:
+            raise
+        lam, Q = torch.linalg.eigh(M.double())
+        return lam.to(M.dtype), Q.to(M.dtype)
+
+
 class KFACInverse:
     """``(KFAC + damping)⁻¹`` block by block: ``(Q_G ⊗ Q_A) diag(1/d) (Q_G ⊗ Q_A)ᵀ``.
 
@@ -67,8 +81,8 @@ class KFACInverse:
         self._shared, self._joint = kfac._shared, kfac._joint
         self._blocks = {}
         for name, (A, G) in kfac._layer_factors().items():
-            lam_G, Q_G = torch.linalg.eigh(G)
-            lam_A, Q_A = (None, None) if A is None else torch.linalg.eigh(A)
+            lam_G, Q_G = _eigh(G, name, "gradient")
+            lam_A, Q_A = (None, None) if A is None else _eigh(A, name, "input")
             self._blocks[name] = (Q_A, Q_G) + self._denominators(A, G, lam_A, lam_G)
 
     def _split(self, A, G):
