@@ -29,6 +29,18 @@ def layer_groups(layer: Layer, shared: bool) -> tuple:
     return G, layer.out_features // G
 
 
+def sandwich(left: torch.Tensor, W: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left @ W[..., v] @ right`` per group for a block ``W [G, m, n, K]``: ``[G, m', n', K]``.
+
+    Example:
+        >>> G, W, A = torch.randn(2, 3, 3), torch.randn(2, 3, 4, 5), torch.randn(2, 4, 4)
+        >>> torch.allclose(sandwich(G, W, A), torch.einsum("gij,gjkv,gkl->gilv", G, W, A), atol=1e-5)
+        True
+    """
+    out = left.unsqueeze(1) @ W.permute(0, 3, 1, 2) @ right.unsqueeze(1)  # [G, K, m', n']
+    return out.permute(0, 2, 3, 1)
+
+
 def as_list(vector, params: Sequence[torch.Tensor], name: str = "vector"):
     """``vector`` as a list of ``[*p.shape, K]`` tensors, and a function that restores its format.
 
@@ -116,4 +128,4 @@ def apply(layers: Sequence[Layer], parts: list, shared: Callable[[Layer], bool],
     return out
 
 
-__all__ = ["as_list", "apply", "layer_groups"]
+__all__ = ["as_list", "apply", "layer_groups", "sandwich"]

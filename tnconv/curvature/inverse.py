@@ -122,13 +122,12 @@ class KFACInverse:
 
         def weight_fn(layer, W):
             Q_A, Q_G, denom, _ = self._blocks[layer.name]
-            W = torch.einsum("gji,gjkv,gkl->gilv", Q_G, W, Q_A) / denom.unsqueeze(-1)
-            return torch.einsum("gij,gjkv,glk->gilv", Q_G, W, Q_A)
+            W = blocks.sandwich(Q_G.mT, W, Q_A) / denom.unsqueeze(-1)  # into the eigenbasis, divide
+            return blocks.sandwich(Q_G, W, Q_A.mT)
 
         def bias_fn(layer, b):
             _, Q_G, _, denom = self._blocks[layer.name]
-            b = torch.einsum("gji,gjv->giv", Q_G, b) / denom.unsqueeze(-1)
-            return torch.einsum("gij,gjv->giv", Q_G, b)
+            return Q_G @ ((Q_G.mT @ b) / denom.unsqueeze(-1))
 
         return restore(blocks.apply(self.layers, parts, self._shared, self._joint, weight_fn, bias_fn))
 

@@ -195,6 +195,16 @@ class KFAC:
             self.generator = torch.Generator(device=device).manual_seed(self.seed + rank)
         return self.generator
 
+    def batch_input_factor(self, layer, x: torch.Tensor, output_shape: tuple) -> Block:
+        """One batch's input factor of ``layer`` (normalized by the batch size), as a :class:`~tnconv.curvature.factors.Block`.
+
+        Called from the forward hook with the layer's input ``x`` (as
+        :meth:`Layer.functional_input` gives it) and its output's shape. A
+        subclass may override it to compute the factor another way (the
+        KFAC-reduce example does, to compare with the im2col factor).
+        """
+        return input_factor_block(layer, x, output_shape, self._input_form, self._shared(layer), self._joint(layer))
+
     def update(self, inputs, targets: Optional[torch.Tensor] = None) -> None:
         """One forward and backward pass on a batch; adds its factors to the running ones.
 
@@ -210,8 +220,7 @@ class KFAC:
 
         def on_input(layer, x, output):
             if layer.weight is not None:
-                batch_A[layer.name] = input_factor_block(layer, x, output.shape, self._input_form,
-                                                         self._shared(layer), self._joint(layer))
+                batch_A[layer.name] = self.batch_input_factor(layer, x, tuple(output.shape))
 
         def on_grad(layer, grads):
             G = gradient_factor(layer, grads, self._output_form, self._shared(layer))
@@ -366,10 +375,10 @@ class KFAC:
 
         def weight_fn(layer, W):
             A, G = factors[layer.name]
-            return torch.einsum("gij,gjkv,gkl->gilv", G, W, A)
+            return blocks.sandwich(G, W, A)
 
         def bias_fn(layer, b):
-            return torch.einsum("gij,gjv->giv", factors[layer.name][1], b)
+            return factors[layer.name][1] @ b
 
         return restore(blocks.apply(self.layers, parts, self._shared, self._joint, weight_fn, bias_fn))
 

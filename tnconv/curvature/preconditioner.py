@@ -69,8 +69,28 @@ class KFACPreconditioner:
     def __init__(self, model: nn.Module, loss_func, params: Optional[Sequence[torch.Tensor]] = None,
                  approx: str = "reduce", damping=1e-3, pi_correction: bool = False, update_every: int = 1,
                  inverse_every: int = 10, ema: Optional[float] = 0.95, **kfac_options):
-        self.kfac = KFAC(model, loss_func, params, approx=approx, ema=ema, **kfac_options)
-        self.model, self.loss_func = model, loss_func
+        self._setup(KFAC(model, loss_func, params, approx=approx, ema=ema, **kfac_options), damping, pi_correction,
+                    update_every, inverse_every)
+
+    @classmethod
+    def from_kfac(cls, kfac: KFAC, damping=1e-3, pi_correction: bool = False, update_every: int = 1,
+                  inverse_every: int = 10) -> "KFACPreconditioner":
+        """A preconditioner around an existing :class:`~tnconv.curvature.KFAC` (e.g. a subclass of it).
+
+        Example:
+            >>> kfac = KFAC(nn.Linear(3, 2), nn.MSELoss(), ema=0.9)
+            >>> KFACPreconditioner.from_kfac(kfac, damping=0.1).kfac is kfac
+            True
+        """
+        if not isinstance(kfac, KFAC):
+            raise TypeError(f"kfac must be a tnconv.curvature.KFAC, got {type(kfac).__name__}")
+        self = cls.__new__(cls)
+        self._setup(kfac, damping, pi_correction, update_every, inverse_every)
+        return self
+
+    def _setup(self, kfac, damping, pi_correction, update_every, inverse_every):
+        self.kfac = kfac
+        self.model, self.loss_func = kfac.model, kfac.loss_func
         self.damping, self.pi_correction = damping, pi_correction
         self.update_every = _every(update_every, "update_every")
         self.inverse_every = _every(inverse_every, "inverse_every")
