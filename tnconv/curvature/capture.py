@@ -17,6 +17,7 @@ tensor, edge and graph reference is dropped.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -81,6 +82,8 @@ class Capture:
         self.output_shapes: dict = {}
         self._grads: dict = {}
         self._edges: dict = {}
+        self._callback = None
+        self._fired: set = set()
 
     def __enter__(self) -> "Capture":
         if self._active:
@@ -113,18 +116,50 @@ class Capture:
                 self.on_input(layer, x, output.detach())
             if output.requires_grad:
                 self._edges[layer.name] = get_gradient_edge(output)
-                if self.keep_grad_outputs:
-                    self._grads[layer.name] = []
-                    output.register_hook(self._tensor_hook(layer.name))
+                self._grads[layer.name] = []
+                # registered before any in-place op on the output: it sees the gradient of the layer's own output
+                output.register_hook(self._tensor_hook(layer))
 
         return hook
 
-    def _tensor_hook(self, name: str):
+    def _tensor_hook(self, layer: Layer):
         def hook(grad):
-            if self._active:
-                self._grads[name].append(grad.detach())
+            if not self._active:
+                return
+            if self._callback is not None:
+                self._fired.add(layer.name)
+                self._callback(layer, grad.detach().unsqueeze(0))
+            elif self.keep_grad_outputs:
+                self._grads[layer.name].append(grad.detach())
 
         return hook
+
+    @contextmanager
+    def streaming(self, callback: Callable):
+        """Within this block, every backward pass hands each layer's output gradient to ``callback`` at once.
+
+        ``callback(layer, grad)`` gets ``grad`` ``[1, B, C_out, *O]`` when the
+        backward pass reaches the layer (nothing is kept). Yields the set of the
+        names of the layers handed over so far (a layer the loss does not depend
+        on never is).
+
+        Example:
+            >>> from tnconv.curvature import find_layers
+            >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+            >>> with Capture(find_layers(net), keep_inputs=False) as cap:
+            ...     loss = net(torch.randn(5, 3)).sum()
+            ...     with cap.streaming(lambda layer, g: print(layer.name, tuple(g.shape))) as fired:
+            ...         loss.backward()
+            1 (1, 5, 2)
+            0 (1, 5, 4)
+        """
+        if not self._active:
+            raise RuntimeError("Capture.streaming must be used inside the with-block")
+        self._callback, self._fired = callback, set()
+        try:
+            yield self._fired
+        finally:
+            self._callback = None
 
     @property
     def grad_outputs(self) -> dict:
@@ -176,6 +211,9 @@ class Capture:
                              f"got {got}")
         names = [layer.name for layer in self.layers]
         edges = self._edges_of(names)
+        if callback is not None and strategy == "loop":
+            self._backward_streaming(output, vectors, callback, names, retain_graph)
+            return None
         chunks = [vectors] if strategy == "vmap" else list(vectors.unbind(0))
         kept = {name: [] for name in names} if callback is None else None
         for i, chunk in enumerate(chunks):
@@ -195,6 +233,48 @@ class Capture:
         if callback is None:
             return {name: torch.cat(grads) for name, grads in kept.items()}
         return None
+
+    def _backward_streaming(self, output, vectors, callback, names, retain_graph):
+        """One backward pass per vector, each layer's gradient handed to ``callback`` as soon as it is computed.
+
+        The passes stop at the outputs of the *first* layers only (those with no
+        other layer upstream); every later layer's gradient flows through on
+        the way there and is taken by its tensor hook, then freed. So at most
+        the first layers' gradients are held at once, not every layer's.
+        """
+        first = self._first_layers(output, names)
+        by_name = {layer.name: layer for layer in self.layers}
+        for i, v in enumerate(vectors.unbind(0)):
+            with self.streaming(callback) as fired:
+                grads = torch.autograd.grad(output, [self._edges[n] for n in first], v,
+                                            retain_graph=retain_graph or i < len(vectors) - 1, allow_unused=True)
+            returned = dict(zip(first, grads))
+            for name in names:
+                if name in fired:
+                    continue
+                grad = returned.get(name)
+                shape = (1,) + self.output_shapes[name]
+                callback(by_name[name], output.new_zeros(shape) if grad is None else grad.detach().unsqueeze(0))
+
+    def _first_layers(self, output, names) -> list:
+        """The layers whose output edge has no other layer's edge upstream of it in ``output``'s graph."""
+        layer_of = {}
+        for name in names:
+            layer_of.setdefault(self._edges[name].node, []).append(name)
+        below: dict = {}  # node -> whether a layer's node lies strictly upstream of it
+        root = output.grad_fn
+        stack = [(root, False)] if root is not None else []
+        while stack:
+            node, expanded = stack.pop()
+            if node in below:
+                continue
+            children = [child for child, _ in node.next_functions if child is not None]
+            if not expanded:
+                stack.append((node, True))
+                stack.extend((child, False) for child in children if child not in below)
+                continue
+            below[node] = any(child in layer_of or below.get(child, False) for child in children)
+        return [name for node, group in layer_of.items() for name in group if not below.get(node, False)]
 
 
 __all__ = ["Capture", "STRATEGIES"]

@@ -233,7 +233,7 @@ class KFAC:
         loss = None
         # forward-only needs no graph at all, unless the caller backpropagates the loss
         grad_mode = torch.enable_grad() if loss_backward or self.fisher_type != "forward-only" else torch.no_grad()
-        with grad_mode, Capture(self.layers, keep_inputs=False, keep_grad_outputs=record, on_input=on_input) as cap:
+        with grad_mode, Capture(self.layers, keep_inputs=False, on_input=on_input) as cap:
             output = self.model(inputs)
             if not isinstance(output, torch.Tensor) or output.ndim != 2:
                 got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
@@ -246,16 +246,13 @@ class KFAC:
             if self.fisher_type == "forward-only":
                 if loss_backward:
                     loss.backward()
-            elif record:
-                loss.backward()
-                scale = 1 / reduction_scale(self.loss_func, output)  # ∇L = r ∇ℓ: the factorization is ∇L/√r
-                recorded = cap.grad_outputs
+            elif record:  # the true gradient's backward pass gives the empirical factors on the way
+                with cap.streaming(on_grad) as fired:
+                    loss.backward()
                 for layer in self.layers:
-                    grads = recorded.get(layer.name)
-                    if grads is None:  # the loss does not depend on this layer
-                        grads = output.new_zeros((1,) + cap.output_shapes[layer.name])
-                    on_grad(layer, grads)
-                    batch_G[layer.name].mul_(scale)
+                    if layer.name not in fired:  # the loss does not depend on this layer
+                        on_grad(layer, output.new_zeros((1,) + cap.output_shapes[layer.name]))
+                    batch_G[layer.name].mul_(1 / reduction_scale(self.loss_func, output))  # ∇L = r ∇ℓ: S = ∇L/√r
             else:
                 S = output_sqrt(output, self.loss_func, targets, self.fisher_type, self.mc_samples,
                                 self._rng(output.device) if self.fisher_type == "mc" else None)
