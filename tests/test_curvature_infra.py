@@ -337,10 +337,10 @@ def test_sampled_sqrt_is_unbiased_and_uses_the_sampled_labels_gradient(cls, redu
     gen = torch.Generator().manual_seed(3)
     loss_func = cls(reduction=reduction)
     f = torch.randn(2, 3, dtype=DT, generator=gen)
-    S = L.sampled_sqrt(f, loss_func, 5000, torch.Generator().manual_seed(0))
+    S = L.sampled_sqrt(f, loss_func, 2000, torch.Generator().manual_seed(0))
     exact = L.hessian_sqrt(f, loss_func)
     F, H = torch.einsum("vbi,vbj->bij", S, S), torch.einsum("vbi,vbj->bij", exact, exact)
-    assert (F - H).abs().max() < 0.05 * H.abs().max()
+    assert (F - H).abs().max() < 0.08 * H.abs().max()
     # one sample: the gradient of ℓ at the label drawn from the same generator state
     one = L.sampled_sqrt(f, loss_func, 1, torch.Generator().manual_seed(7))
     labels = L.draw_labels(f, loss_func, torch.Generator().manual_seed(7))
