@@ -85,7 +85,10 @@ def test_select_rejects_unknown_net():
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="cross-check needs torchvision")
 def test_layers_match_torchvision():
-    import torchvision.models as M
+    try:  # BackPACK (the peers extra) pulls in a torchvision whose CPU wheel may not load beside this torch
+        import torchvision.models as M
+    except (ImportError, RuntimeError) as error:
+        pytest.skip(f"torchvision does not load beside this torch: {error}")
 
     factories = {"alexnet": M.alexnet, "resnet18": M.resnet18, "resnext101": M.resnext101_32x8d,
                  "convnext_base": M.convnext_base, "mobilenet_v2": M.mobilenet_v2,

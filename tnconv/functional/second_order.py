@@ -150,8 +150,10 @@ def kfc_output(grad_output, groups=1) -> torch.Tensor:
     to the convolution's output (for a Fisher, sampled ones; for the GGN,
     columns of its square root flattened into ``B``). With the input factor
     ``Ω`` of :func:`~tnconv.functional.kfc` (``1/B Σ_b Σ_o``), KFAC-expand as in
-    Eschenhagen et al. (2023) is ``(Ω / O) ⊗ Γ``; BackPACK's KFAC for a
-    mean-reduced loss uses the same Γ of its backpropagated square root.
+    Eschenhagen et al. (2023) and curvlinops' ``kfac_approx="expand"`` is
+    ``(Ω / O) ⊗ Γ``. BackPACK's KFAC/KFLR pair ``Ω`` itself (no ``1/O``) with
+    the reduce form :func:`kfac_reduce_output` of its backpropagated square
+    root, not with this ``Γ`` (``docs/curvature.md`` tabulates the conventions).
 
     Example:
         >>> g = torch.randn(2, 4, 5)

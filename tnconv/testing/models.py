@@ -209,3 +209,43 @@ def cnn3d(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
 
 __all__ = ["resnet18", "mobilenet_v2", "c3d3", "all_cnn_c", "cnn3d", "ResNet18", "MobileNetV2", "BasicBlock",
            "InvertedResidual"]
+
+
+def curvature_cnn(num_classes: int = 4, in_channels: int = 2, N: int = 2, size: int = 8, groups: int = 1,
+                  transpose: bool = False, inplace: bool = False, output_padding: int = 1) -> nn.Sequential:
+    """A small CNN with every convolution feature the curvature methods must handle, for ``size``-wide N-d inputs.
+
+    A strided padded convolution, a dilated (optionally grouped) one, a 1x1
+    convolution, optionally a strided transpose convolution (which doubles
+    the size back with ``output_padding=1``; BackPACK 1.7.1 ignores a
+    transpose convolution's ``output_padding``), a bias-free convolution, and a linear head; ReLU and
+    sigmoid activations (``inplace=True`` makes the first ReLU in-place). With
+    ``groups=1`` and ``inplace=False`` every layer is one BackPACK's KFAC
+    supports; curvlinops' needs ``N=2`` and ``transpose=False``. ``size`` must
+    be a multiple of 4.
+
+    Example:
+        >>> curvature_cnn(transpose=True)(torch.randn(2, 2, 8, 8)).shape
+        torch.Size([2, 4])
+        >>> curvature_cnn(N=3, groups=2)(torch.randn(2, 2, 8, 8, 8)).shape
+        torch.Size([2, 4])
+        >>> curvature_cnn(N=1, transpose=True, output_padding=0)(torch.randn(2, 2, 8)).shape
+        torch.Size([2, 4])
+    """
+    if size % 4:
+        raise ValueError(f"size must be a multiple of 4, got {size}")
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[N]
+    tconv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[N]
+    layers = [conv(in_channels, 6, 3, stride=2, padding=1), nn.ReLU(inplace=inplace),
+              conv(6, 6, 3, padding=2, dilation=2, groups=groups), nn.Sigmoid(),
+              conv(6, 4, 1), nn.ReLU()]
+    side = size // 2
+    if transpose:
+        layers += [tconv(4, 4, 3, stride=2, padding=1, output_padding=output_padding), nn.ReLU()]
+        side = 2 * side - 1 + output_padding
+    layers += [conv(4, 3, 2, stride=2, bias=False), nn.Flatten(), nn.Linear(3 * (side // 2) ** N, num_classes)]
+    return nn.Sequential(*layers)
+
+
+
+__all__ += ["curvature_cnn"]
