@@ -1,0 +1,109 @@
+"""Timing a term's candidates on the actual tensors -- and knowing when that would mean nothing.
+
+Each candidate runs once to warm up (and to fail, if it must: a failing
+candidate is skipped with a warning), then once timed; those within
+:data:`GIVE_UP` times the fastest are timed until each has :data:`REPEATS`
+times, interleaved, rotating which goes first, and the lowest median wins. The device is synchronized
+around every call, so the times are of the work, not of its launch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+
+#: Timed calls of each candidate (after its warm-up) that is not given up.
+REPEATS = 3
+
+#: A candidate whose first timed call took this many times the fastest one is not timed further.
+GIVE_UP = 3.0
+
+#: Seconds beyond which one timed call is measurement enough (no repeats).
+SLOW = 1.0
+
+
+def untimeable(tensors: Iterable[torch.Tensor]) -> Optional[str]:
+    """Why running candidates on ``tensors`` here would time nothing meaningful, or ``None``.
+
+    Tracing (``torch.compile``, ``torch.jit.trace``), ``torch.func`` transforms,
+    dispatch or function modes (a ``FlopCounterMode``, ``with torch.device(...)``),
+    CUDA graph capture, fake, meta and subclassed tensors. Inputs that require
+    gradients are not on the list: candidates then run on detached inputs under
+    ``torch.no_grad()``, so no autograd history is recorded.
+
+    Example:
+        >>> untimeable([torch.ones(2)]) is None, untimeable([torch.ones(2, device="meta")])
+        (True, 'meta tensors')
+    """
+    if torch.compiler.is_compiling():
+        return "inside torch.compile's tracing"
+    if torch.jit.is_tracing():
+        return "inside torch.jit tracing"
+    if torch._C._are_functorch_transforms_active():
+        return "under a torch.func transform"
+    if torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack():
+        return "under a TorchDispatchMode or TorchFunctionMode"
+    for t in tensors:
+        if type(t) not in (torch.Tensor, torch.nn.Parameter):
+            return f"tensors of type {type(t).__name__}"
+        if t.device.type == "meta":
+            return "meta tensors"
+        if t.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return "during CUDA graph capture"
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        synchronize = getattr(module, "synchronize", None)
+        if synchronize is not None:
+            synchronize()
+
+
+def _once(run: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tuple[Optional[str], Dict[str, float]]:
+    """``(label, {label: milliseconds})``: the fastest of ``runs`` (``None`` if every one failed).
+
+    ``runs`` are argument-free calls, the expected fastest first. Candidates
+    given up after their first timed call report that time.
+
+    Example:
+        >>> label, ms = fastest({"slow": lambda: time.sleep(0.02), "fast": lambda: None}, torch.device("cpu"))
+        >>> label, sorted(ms)
+        ('fast', ['fast', 'slow'])
+    """
+    first: Dict[str, float] = {}
+    for label, run in runs.items():
+        try:
+            run()  # warm-up: one-time costs (first use of a kernel, faulting in memory) are not the candidate's
+            first[label] = _once(run, device)
+        except Exception as error:  # one broken candidate must not break the call: the others remain
+            warnings.warn(f"tnconv autotune: candidate {label!r} failed ({type(error).__name__}: {error}); "
+                          "skipping it", RuntimeWarning, stacklevel=4)
+    if not first:
+        return None, {}
+    best = min(first.values())
+    alive = [label for label, t in first.items() if t <= GIVE_UP * best]
+    samples = {label: [first[label]] for label in alive}
+    for r in range(REPEATS - 1 if best < SLOW else 0):
+        k = (r + 1) % len(alive)
+        for label in alive[k:] + alive[:k]:
+            samples[label].append(_once(runs[label], device))
+    times = {label: 1e3 * (statistics.median(samples[label]) if label in samples else t) for label, t in first.items()}
+    chosen = min(alive, key=lambda label: times[label])
+    return chosen, times
+
+
+__all__ = ["REPEATS", "GIVE_UP", "SLOW", "untimeable", "fastest"]

@@ -1,0 +1,65 @@
+"""The process-wide autotuning switch, like ``torch.backends.cudnn.benchmark``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+#: Environment variable that turns autotuning on for the process (``1``, ``true``, ``yes`` or ``on``).
+ENV = "TNCONV_AUTOTUNE"
+
+_TRUE = ("1", "true", "yes", "on")
+_state = {"enabled": None}  # None: not set in this process, the environment decides
+_followers: "weakref.WeakSet" = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def set_autotune(enabled: bool) -> None:
+    """Turn measured lowering choice on or off for every network compiled with ``autotune=None`` (the default).
+
+    With it on, the first call of a compiled network for new shapes times
+    every applicable lowering of each term on the actual tensors and keeps
+    the fastest; verdicts persist in :func:`~tnconv.autotune_cache`. Plans
+    such networks built under the other setting are dropped, so the next
+    call plans anew. Overrides the environment variable ``TNCONV_AUTOTUNE``.
+
+    Example:
+        >>> import tnconv
+        >>> tnconv.set_autotune(True); tnconv.autotune_enabled()
+        True
+        >>> tnconv.set_autotune(False); tnconv.autotune_enabled()
+        False
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    with _lock:
+        changed = autotune_enabled() != enabled
+        _state["enabled"] = enabled
+        followers = list(_followers) if changed else []
+    for compiled in followers:
+        compiled._autotune_changed()
+
+
+def autotune_enabled() -> bool:
+    """Whether autotuning is on for networks that follow the process-wide switch.
+
+    :func:`set_autotune` decides once called; before, ``TNCONV_AUTOTUNE``.
+
+    Example:
+        >>> import tnconv
+        >>> isinstance(tnconv.autotune_enabled(), bool)
+        True
+    """
+    enabled = _state["enabled"]
+    if enabled is None:
+        return os.environ.get(ENV, "").strip().lower() in _TRUE
+    return enabled
+
+
+def follow(compiled) -> None:
+    """Register ``compiled`` (weakly): :func:`set_autotune` calls its ``_autotune_changed()`` on a change."""
+    _followers.add(compiled)
+
+
+__all__ = ["ENV", "set_autotune", "autotune_enabled", "follow"]
