@@ -18,6 +18,6 @@ FLOPs and elements written.
 
 from .cache import AutotuneCache, autotune_cache, cache_dir
 from .measure import fastest, untimeable
-from .switch import autotune_enabled, set_autotune
+from .switch import autotune_enabled, autotuning, set_autotune
 
-__all__ = ["AutotuneCache", "autotune_cache", "cache_dir", "fastest", "untimeable", "autotune_enabled", "set_autotune"]
+__all__ = ["AutotuneCache", "autotune_cache", "cache_dir", "fastest", "untimeable", "autotune_enabled", "autotuning", "set_autotune"]

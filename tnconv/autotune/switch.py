@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -26,17 +27,22 @@ def set_autotune(enabled: bool) -> None:
 
     Example:
         >>> import tnconv
+        >>> before = tnconv.autotune_enabled()
         >>> tnconv.set_autotune(True); tnconv.autotune_enabled()
         True
-        >>> tnconv.set_autotune(False); tnconv.autotune_enabled()
-        False
+        >>> tnconv.set_autotune(before)
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    _set(enabled)
+
+
+def _set(state) -> None:
+    """Set the switch (``None``: unset, the environment decides); drop followers' plans if the setting changes."""
     with _lock:
-        changed = autotune_enabled() != enabled
-        _state["enabled"] = enabled
-        followers = list(_followers) if changed else []
+        before = autotune_enabled()
+        _state["enabled"] = state
+        followers = list(_followers) if autotune_enabled() != before else []
     for compiled in followers:
         compiled._autotune_changed()
 
@@ -57,9 +63,27 @@ def autotune_enabled() -> bool:
     return enabled
 
 
+@contextlib.contextmanager
+def autotuning(enabled: bool = True):
+    """``with autotuning():`` -- :func:`set_autotune` for the block, the previous setting restored after.
+
+    Example:
+        >>> import tnconv
+        >>> with autotuning(True):
+        ...     tnconv.autotune_enabled()
+        True
+    """
+    before = _state["enabled"]
+    set_autotune(enabled)
+    try:
+        yield
+    finally:
+        _set(before)
+
+
 def follow(compiled) -> None:
     """Register ``compiled`` (weakly): :func:`set_autotune` calls its ``_autotune_changed()`` on a change."""
     _followers.add(compiled)
 
 
-__all__ = ["ENV", "set_autotune", "autotune_enabled", "follow"]
+__all__ = ["ENV", "set_autotune", "autotune_enabled", "autotuning", "follow"]

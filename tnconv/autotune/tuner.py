@@ -14,6 +14,10 @@ from .measure import fastest, untimeable
 #: over a big convolution's index pattern can take seconds); nor those needing much more memory.
 PRUNE = 8.0
 
+#: ``(network name, labels)`` of the last plan built with autotuning in this process, for reports
+#: (the benchmark shows which lowering won); ``None`` before any.
+last = None
+
 
 class Tuner:
     """Chooses a lowering per term of one plan: from the cache's verdict, by timing, or by the cost model.
@@ -57,6 +61,8 @@ class Tuner:
 
     def finish(self) -> None:
         """Store what was measured (nothing if every term came from the cache or the cost model)."""
+        global last
+        last = (self.fields.get("name"), tuple(self.choice))
         if self.measured:
             self.cache.put(self.key, {"fields": self.fields, "choice": self.choice, "ms": self.ms})
 
