@@ -397,3 +397,19 @@ def test_selections_are_drawn_privately_for_timing(monkeypatch):
     a = tuned(x=x, grad_output=g, generator=torch.Generator().manual_seed(3))
     b = plain(x=x, grad_output=g, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("padding, dilation", [(1, 1), (0, 2), (((2, 0), (1, 1))), (2, 1)])
+def test_native_variants_flip_and_transpose_the_kernels(padding, dilation):
+    # stride 1: the input VJP as a forward convolution with the flipped kernel; the weight VJP with the output
+    # gradient as kernel (any stride)
+    h = dict(N=2, kernel_size=3, padding=padding, dilation=dilation)
+    x, w = torch.randn(2, 4, 9, 8, dtype=DT), torch.randn(5, 4, 3, 3, dtype=DT)
+    g = torch.randn(tnconv.compile(diagrams.conv(**h))(x=x, w=w).shape, dtype=DT)
+    flipped = _check_every_candidate(diagrams.input_vjp(**h, input_size=(9, 8)), dict(w=w, grad_output=g), "input_vjp")
+    assert "native/flipped" in flipped
+    for stride in (1, 2):
+        hs = dict(h, stride=stride)
+        gs = torch.randn(tnconv.compile(diagrams.conv(**hs))(x=x, w=w).shape, dtype=DT)
+        transposed = _check_every_candidate(diagrams.weight_vjp(**hs), dict(x=x, grad_output=gs), "weight_vjp")
+        assert "native/transposed" in transposed

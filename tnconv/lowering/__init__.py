@@ -89,6 +89,9 @@ def candidates(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: S
         if native.applicable(template, dtype):
             inputs = tuple(n for n, t in enumerate(term.tensors) if t.kind == "input")
             found.append(Candidate("native", inputs, native.plan(template, sizes, output)))
+            if backends is not None:
+                found += [Candidate(f"native/{label}", inputs, plan, False)
+                          for label, plan in native.variants(template, sizes, output)]
     if "views" in lowering:
         patterns = views.find(term)
         if patterns:

@@ -154,8 +154,43 @@ def _pointwise_roles(holders):
     return {"x": a, "y": b, "w": "out"}
 
 
-def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
-    """A :class:`Plan` running ``template`` with PyTorch's convolution kernels."""
+#: Other kernels for a template (see :func:`variants`): label -> what it runs.
+VARIANTS = {
+    "flipped": "an input VJP of stride 1 as a forward convolution of the output gradient with the flipped kernel",
+    "transposed": "a weight VJP as a forward convolution of the input, batch as channels, with the output gradient "
+                  "as kernel (stride and dilation swap roles)",
+}
+
+
+def variants(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]):
+    """``(label, plan)`` of the other PyTorch kernels that compute ``template`` (:data:`VARIANTS`).
+
+    PyTorch's kernels for a convolution's VJPs are not always its fastest way to
+    compute them: ``Π(i, o, k)`` of stride 1 is ``Π'(o, i, K−1−k)`` with padding
+    ``D(K−1) − P``, so the input VJP is a forward convolution with the flipped
+    kernel; and ``Π(i, o, k)`` is symmetric in ``(o, S)`` and ``(k, D)``, so the
+    weight VJP is a forward convolution whose kernel is the output gradient
+    (one group only). The autotuner measures them.
+
+    Example:
+        >>> import tnconv
+        >>> term = tnconv.compile(tnconv.diagrams.input_vjp(N=1, kernel_size=3, input_size=(8,))).network.terms[0]
+        >>> sizes = {"n'": 2, "c_in'": 3, "c_out": 4, "i1'": 8, "o1": 6, "k1": 3}
+        >>> [label for label, _ in variants(match(term), sizes, tuple(l.name for l in term.output_legs))]
+        ['flipped']
+    """
+    t = template
+    found = []
+    if t.output_role == "x" and t.spatial and all(a["stride"] == 1 for a in t.attrs):
+        found.append(("flipped", plan(t, sizes, output, "flipped")))
+    if t.output_role == "w" and t.spatial and not t.group:
+        found.append(("transposed", plan(t, sizes, output, "transposed")))
+    return [(label, p) for label, p in found if p is not None]
+
+
+def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: str = "default") -> Optional[Plan]:
+    """A :class:`Plan` running ``template`` with PyTorch's convolution kernels (``kernel``: its own, or one of
+    :data:`VARIANTS`; ``None`` if that variant cannot run these sizes)."""
     t = template
     size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
     Bf, Gf, Ci, Co = size(t.batch), size(t.group), size(t.c_in), size(t.c_out)
@@ -205,9 +240,26 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     groups = Gf
     first, second = t.operands
 
+    if kernel == "flipped":  # the new convolution's padding: D(K-1) - P on each side, never negative
+        padding_t = tuple(d * (k - 1) - p for k, d, p in zip(K, D, padding))
+        if any(p < 0 for p in padding_t):
+            return None
+
     def run(a, b):
         ops = {first: canonical(a, *prepare[0]), second: canonical(b, *prepare[1])}
-        if t.output_role == "y":
+        if kernel == "flipped":
+            w = ops["w"].flip(tuple(range(2, 2 + N))).reshape((groups, Co, Ci) + K).transpose(1, 2)
+            result = _CONV[N](ops["y"], w.reshape((groups * Ci, Co) + K), None, 1, padding_t, D, groups)
+            if not symmetric:
+                result = views.pad_crop(result, [-p for p in explicit])
+        elif kernel == "transposed":
+            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
+            result = _CONV[N](x.transpose(0, 1), ops["y"].transpose(0, 1), None, D, padding, S, 1)  # [Ci, Co, >= K]
+            for axis, k in enumerate(K):
+                if result.shape[2 + axis] != k:
+                    result = result.narrow(2 + axis, 0, k)
+            result = result.transpose(0, 1)
+        elif t.output_role == "y":
             x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
         elif t.output_role == "w":
@@ -228,9 +280,12 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
 
     flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
-    name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role]
+    name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role] + \
+        ("" if kernel == "default" else f" as {kernel} conv")
     out_elements = prod(out_shape)
     write = out_elements + (0 if symmetric else Bf * Gf * Ci * prod(Ip))
+    if kernel == "transposed":  # the kernel copies both operands into its layout
+        write += Bf * Gf * (Ci * prod(Ip) + Co * prod(O))
     return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest,
                 write=write)
 
@@ -240,4 +295,4 @@ def applicable(template: Optional[ConvTemplate], dtype) -> bool:
     return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
 
 
-__all__ = ["ConvTemplate", "match", "plan", "applicable", "NATIVE_DTYPES"]
+__all__ = ["ConvTemplate", "match", "plan", "variants", "applicable", "NATIVE_DTYPES", "VARIANTS"]
