@@ -70,7 +70,12 @@ def key_of(fields: dict) -> str:
 
 
 def text_hash(text: str) -> str:
-    """A short hash of a network's text, part of its cache key."""
+    """A short hash of a network's text, part of its cache key.
+
+    Example:
+        >>> len(text_hash("conv2d")), text_hash("a") == text_hash("a")
+        (32, True)
+    """
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

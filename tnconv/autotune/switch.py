@@ -82,7 +82,16 @@ def autotuning(enabled: bool = True):
 
 
 def follow(compiled) -> None:
-    """Register ``compiled`` (weakly): :func:`set_autotune` calls its ``_autotune_changed()`` on a change."""
+    """Register ``compiled`` (weakly): :func:`set_autotune` calls its ``_autotune_changed()`` on a change.
+
+    :class:`~tnconv.Compiled` registers itself when made with ``autotune=None``.
+
+    Example:
+        >>> import tnconv
+        >>> f = tnconv.compile(tnconv.diagrams.conv(N=1, kernel_size=3))
+        >>> f in _followers
+        True
+    """
     _followers.add(compiled)
 
 

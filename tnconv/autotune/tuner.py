@@ -26,6 +26,18 @@ class Tuner:
         fields: what the verdict depends on (JSON-able; hashed into the cache key).
         tensors: the call's input tensors (to check they can be timed).
         device: where they live (synchronized around timed calls).
+
+    The compiler makes one per plan it builds with autotuning, calls
+    :meth:`choose` for each term, then :meth:`finish`.
+
+    Example:
+        >>> import tnconv
+        >>> x = torch.randn(2, 3, 8)
+        >>> f = tnconv.compile(tnconv.diagrams.kfc(N=1, kernel_size=3))
+        >>> tuner = Tuner({"example": 1}, [x], x.device)
+        >>> plan = f._build(dict(x=x), tuner=tuner)  # times the candidates, stores the verdict
+        >>> tuner.reason is None, len(tuner.choice), len(tuner.ms[0]) > 1
+        (True, 1, True)
     """
 
     def __init__(self, fields: dict, tensors: Sequence[torch.Tensor], device: torch.device):

@@ -42,7 +42,17 @@ def write_csv(rows, path: Path, einconv: bool = False) -> Path:
 
 
 def read_csv(path: Path) -> list:
-    """The rows of a ``results.csv`` :func:`write_csv` wrote, back as :class:`~tnconv.bench.run.Row` (empty: NaN)."""
+    """The rows of a ``results.csv`` :func:`write_csv` wrote, back as :class:`~tnconv.bench.run.Row` (empty: NaN).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from tnconv.bench.run import Row
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "results.csv"
+        >>> _ = write_csv([Row("n", "l", "dense", "kfc", 2, 1.0, 2.0, 0.5, 1.0, 1.0, 0.0, threads=2)], path)
+        >>> row, = read_csv(path)
+        >>> row.ratio, row.threads, row.tuned_ms != row.tuned_ms
+        (0.5, 2, True)
+    """
     from .run import Row
 
     fields = {f.name: f.type for f in dataclasses.fields(Row)}

@@ -386,6 +386,10 @@ def _view_candidates(term, legs, found, sizes, output, plan_backend, memory_limi
             blocked = gram.blocked(shape, target)
             if blocked is not None:
                 result.append(build(f"views/blocks-{target}", blocked, True, False))
+        for parts in gram.TRIANGLES:
+            triangle = gram.triangular(shape, parts)
+            if triangle is not None:
+                result.append(build(f"views/triangle-{parts}", triangle, True, False))
     else:
         for name, backend in backends.items():
             result.append(build(f"views/{name}", backend(new_legs, output, sizes, memory_limit), False, False))

@@ -73,6 +73,10 @@ def plans(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict,
                 blocked = gram.blocked(shape, target)
                 if blocked is not None:
                     found.append((f"gram/blocks-{target}", _presummed_gram(blocked, lone, presum)))
+            for parts in gram.TRIANGLES:
+                triangle = gram.triangular(shape, parts)
+                if triangle is not None:
+                    found.append((f"gram/triangle-{parts}", _presummed_gram(triangle, lone, presum)))
     return found
 
 
