@@ -1,9 +1,11 @@
 """Timing a term's candidates on the actual tensors -- and knowing when that would mean nothing.
 
 Each candidate runs once to warm up (and to fail, if it must: a failing
-candidate is skipped with a warning), then once timed; those within
-:data:`GIVE_UP` times the fastest are timed until each has :data:`REPEATS`
-times, interleaved, rotating which goes first, and the lowest median wins. The device is synchronized
+candidate is skipped with a warning). Then rounds: each round times every
+candidate once, interleaved, rotating which goes first; after the first,
+those slower than :data:`GIVE_UP` times the fastest drop out; after
+:data:`REPEATS` rounds the lowest median wins, by a :data:`MARGIN` over the
+cost model's choice. The device is synchronized
 around every call, so the times are of the work, not of its launch.
 """
 
@@ -17,13 +19,16 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import torch
 
 #: Timed calls of each candidate (after its warm-up) that is not given up.
-REPEATS = 3
+REPEATS = 5
 
 #: A candidate whose first timed call took this many times the fastest one is not timed further.
 GIVE_UP = 3.0
 
 #: Seconds beyond which one timed call is measurement enough (no repeats).
 SLOW = 1.0
+
+#: Another candidate replaces the cost model's choice only below this fraction of its time.
+MARGIN = 0.97
 
 
 def untimeable(tensors: Iterable[torch.Tensor]) -> Optional[str]:
@@ -76,34 +81,42 @@ def _once(run: Callable[[], object], device: torch.device) -> float:
 def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tuple[Optional[str], Dict[str, float]]:
     """``(label, {label: milliseconds})``: the fastest of ``runs`` (``None`` if every one failed).
 
-    ``runs`` are argument-free calls, the expected fastest first. Candidates
-    given up after their first timed call report that time.
+    ``runs`` are argument-free calls, the cost model's choice first: another
+    wins only if its median is below :data:`MARGIN` times the first's, so noise
+    does not trade a good default for a lucky draw. Candidates given up after
+    the first round report that round's time.
 
     Example:
         >>> label, ms = fastest({"slow": lambda: time.sleep(0.02), "fast": lambda: None}, torch.device("cpu"))
         >>> label, sorted(ms)
         ('fast', ['fast', 'slow'])
     """
-    first: Dict[str, float] = {}
+    alive = []
     for label, run in runs.items():
         try:
             run()  # warm-up: one-time costs (first use of a kernel, faulting in memory) are not the candidate's
-            first[label] = _once(run, device)
+            alive.append(label)
         except Exception as error:  # one broken candidate must not break the call: the others remain
             warnings.warn(f"tnconv autotune: candidate {label!r} failed ({type(error).__name__}: {error}); "
                           "skipping it", RuntimeWarning, stacklevel=4)
-    if not first:
+    if not alive:
         return None, {}
-    best = min(first.values())
-    alive = [label for label, t in first.items() if t <= GIVE_UP * best]
-    samples = {label: [first[label]] for label in alive}
-    for r in range(REPEATS - 1 if best < SLOW else 0):
-        k = (r + 1) % len(alive)
+    samples: Dict[str, list] = {label: [] for label in alive}
+    for r in range(REPEATS):
+        k = r % len(alive)  # interleaved, rotating which goes first: drifting load hits all alike
         for label in alive[k:] + alive[:k]:
             samples[label].append(_once(runs[label], device))
-    times = {label: 1e3 * (statistics.median(samples[label]) if label in samples else t) for label, t in first.items()}
+        if r == 0:  # after one round, drop the hopeless; a slow first round is measurement enough
+            best = min(samples[label][0] for label in alive)
+            alive = [label for label in alive if samples[label][0] <= GIVE_UP * best]
+            if best >= SLOW:
+                break
+    times = {label: 1e3 * statistics.median(t) for label, t in samples.items()}
     chosen = min(alive, key=lambda label: times[label])
+    first = next(iter(runs))
+    if first in alive and times[chosen] > MARGIN * times[first]:
+        chosen = first
     return chosen, times
 
 
-__all__ = ["REPEATS", "GIVE_UP", "SLOW", "untimeable", "fastest"]
+__all__ = ["REPEATS", "GIVE_UP", "SLOW", "MARGIN", "untimeable", "fastest"]

@@ -161,9 +161,8 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
             auto = make_tuned(layer, op)
             tuner.last = None
             tuned_err = relative_error(auto(), reference)  # the first call tunes
-            label = ", ".join(tuner.last[1]) if tuner.last else _LABELS.get((op, layer.x_size, layer.weight_size, layer.stride,
-                                                                             layer.padding, layer.dilation, layer.groups), "")
-            _LABELS[(op, layer.x_size, layer.weight_size, layer.stride, layer.padding, layer.dilation, layer.groups)] = label
+            key = _plan_key(layer, op)
+            label = _LABELS[key] = ", ".join(tuner.last[1]) if tuner.last else _LABELS.get(key, "")
             if not tuned_err <= tolerance:
                 return _error_row(layer, op, f"autotuned mismatch: max|tuned - standard|/max|standard| = "
                                              f"{tuned_err:.2e} > {tolerance:.0e} ({label})", err)
@@ -217,9 +216,15 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
                threads=torch.get_num_threads(), **extra)
 
 
-#: Lowerings the autotuner chose, by operation and hyper-parameters: a layer identical to an earlier one
-#: reuses the earlier plan (no tuning to report), so its label comes from here.
+#: Lowerings the autotuner chose, by :func:`_plan_key`: a layer whose operation is the same as an earlier
+#: one's reuses its plan (no tuning to report), so its label comes from here.
 _LABELS: dict = {}
+
+
+def _plan_key(layer: Layer, op: str) -> tuple:
+    """What tnconv's plan for ``op`` on ``layer`` depends on (the Kronecker factors ignore the output channels)."""
+    hyper = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.groups, layer.x_size)
+    return (op,) + hyper + (() if op in ("kfc", "kfac_reduce") else (layer.weight_size,))
 
 
 def benchmark(layers: Sequence[Layer], ops: Sequence[str] = OPS, repeats: int = 10, tolerance: float = TOLERANCE,

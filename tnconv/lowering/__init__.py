@@ -81,14 +81,21 @@ def candidates(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: S
     legs = [tuple(l.name for l in t.legs) for t in term.tensors]
     everything = tuple(range(len(term.tensors)))
     found: List[Candidate] = []
+    same = len(term.tensors) == 2 and term.tensors[0].kind == term.tensors[1].kind == "input" and \
+        term.tensors[0].name == term.tensors[1].name  # both operands are one tensor: a Gram product
     if "native" in lowering and memory_limit is None:
         absorbed = _absorbable_selects(term, output)
         if absorbed:  # a sampled input, scattered back, may be a convolution again
             found += _scatter_candidates(term, absorbed, sizes, dtype, plan_backend, memory_limit, lowering, cap, backends)
+        summed_gram = matmul.presummed_gram(legs, output, sizes) if same else None
+        if summed_gram is not None:  # KFAC-reduce of a 1x1 layer: a sum, then a small matrix product
+            found.append(Candidate("gram", everything, summed_gram))
         template = native.match(term)
         if native.applicable(template, dtype):
             inputs = tuple(n for n, t in enumerate(term.tensors) if t.kind == "input")
-            found.append(Candidate("native", inputs, native.plan(template, sizes, output)))
+            presum = sum(views.elements(legs[n], sizes) for n, axes in zip(inputs, template.summed)
+                         if any(sizes[legs[n][a]] > 1 for a in axes))
+            found.append(Candidate("native", inputs, native.plan(template, sizes, output, presum=presum)))
             if backends is not None:
                 found += [Candidate(f"native/{label}", inputs, plan, False)
                           for label, plan in native.variants(template, sizes, output)]
@@ -102,8 +109,6 @@ def candidates(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: S
             found.append(Candidate(f"plain/{name}", everything, _presummed(legs, output, sizes, backend, memory_limit),
                                    False))
         if "native" in lowering and memory_limit is None:
-            same = len(term.tensors) == 2 and term.tensors[0].kind == term.tensors[1].kind == "input" and \
-                term.tensors[0].name == term.tensors[1].name
             found += [Candidate(label, everything, plan, False) for label, plan in matmul.plans(legs, output, sizes, same)]
     limits = [l for l in (memory_limit, cap) if l is not None]
     if limits:  # the backend's slicing bounds the plain contraction; others are left out when too large

@@ -48,6 +48,8 @@ class Shape(NamedTuple):
     n_free: int
     result: Tuple[int, ...]  # shape of batch + free + free'
     to_output: Tuple[int, ...]
+    copies: bool = True  # whether reshaping a contiguous operand to [batch, free, summed] copies it
+    summed_first: Optional[Tuple[int, ...]] = None  # batch + summed + free, when that order is a view and the other not
 
 
 def match(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict) -> Optional[Shape]:
@@ -75,16 +77,29 @@ def match(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict)
         return None
     size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
     order = tuple(a.index(leg) for leg in batch + free_a + summed)
+    flipped = tuple(a.index(leg) for leg in batch + summed + free_a)
     result_legs = batch + free_a + free_b
-    return Shape(order, tuple(sizes[a[i]] for i in order), size(batch), size(free_a), size(summed), len(batch),
-                 len(free_a), tuple(sizes[n] for n in result_legs), tuple(result_legs.index(leg) for leg in output))
+    g, f, s = size(batch), size(free_a), size(summed)
+    shape = tuple(sizes[leg] for leg in a)
+    copies = not _viewable(shape, order, (g, f, s))
+    first = flipped if copies and _viewable(shape, flipped, (g, s, f)) else None
+    return Shape(order, tuple(sizes[a[i]] for i in order), g, f, s, len(batch), len(free_a),
+                 tuple(sizes[n] for n in result_legs), tuple(result_legs.index(leg) for leg in output),
+                 copies and first is None, first)
 
 
-def _product(m, scale):
+def _viewable(shape, order, grouped) -> bool:
+    """Whether a contiguous tensor of ``shape``, permuted by ``order``, reshapes to ``grouped`` without a copy."""
+    probe = torch.empty(shape, device="meta")
+    return probe.permute(order).reshape(grouped)._base is probe
+
+
+def _product(m, scale, transposed=False):
+    a, b = (m.transpose(1, 2), m) if transposed else (m, m.transpose(1, 2))
     if scale == 1:
-        return m @ m.transpose(1, 2)
+        return a @ b
     # beta=0: the zero is not read, the scale rides on the product
-    return torch.baddbmm(m.new_zeros(()), m, m.transpose(1, 2), beta=0, alpha=scale)
+    return torch.baddbmm(m.new_zeros(()), a, b, beta=0, alpha=scale)
 
 
 def plan(shape: Shape, scale: float = 1.0) -> Plan:
@@ -97,12 +112,17 @@ def plan(shape: Shape, scale: float = 1.0) -> Plan:
         True
     """
     g, f, s = shape.g, shape.f, shape.s
+    first = shape.summed_first  # [batch, summed, free] is a view of the operand: Mᵀ M, without a copy
 
     def run(x, _same):
-        m = x.permute(shape.order).reshape(g, f, s)
-        return _product(m, scale).reshape(shape.result).permute(shape.to_output)
+        if first is not None:
+            m = x.permute(first).reshape(g, s, f)
+        else:
+            m = x.permute(shape.order).reshape(g, f, s)
+        return _product(m, scale, first is not None).reshape(shape.result).permute(shape.to_output)
 
-    return Plan(run, f"gram [{g}, {f}, {s}]", 2.0 * g * f * f * s, g * f * (f + s), write=g * f * (f + s),
+    copy = g * f * s if shape.copies else 0
+    return Plan(run, f"gram [{g}, {f}, {s}]", 2.0 * g * f * f * s, g * f * f + copy, write=g * f * f + copy,
                 with_scale=lambda more: plan(shape, scale * more))
 
 

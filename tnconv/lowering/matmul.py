@@ -20,7 +20,9 @@ autotuner:
   batch legs whose products are then summed -- a 1x1 weight VJP as one
   product per sample, no operand copied;
 * ``"gram"``: both operands are one tensor (KFC of a 1x1 layer):
-  :mod:`.gram`'s product of it with itself.
+  :mod:`.gram`'s product of it with itself, whole, in blocks or by its
+  upper triangle; for KFAC-reduce, after summing the pixels
+  (:func:`presummed_gram`, which the cost model considers too).
 
 A leg only one operand carries (and the output lacks) is summed out first.
 """
@@ -65,18 +67,18 @@ def plans(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict,
                             ("matmul/batched-sum", _summed_grouping(a, b, output))):
         if grouping is not None:
             found.append((label, _plan(a, b, output, sizes, lone, presum, *grouping)))
-    if same:
+    if same and not any(lone):  # with lone legs, presummed_gram is the cost model's candidate
         shape = gram.match(reduced, output, sizes)
         if shape is not None:
-            found.append(("gram", _presummed_gram(gram.plan(shape), lone, presum)))
+            found.append(("gram", gram.plan(shape)))
             for target in gram.BLOCKS:
                 blocked = gram.blocked(shape, target)
                 if blocked is not None:
-                    found.append((f"gram/blocks-{target}", _presummed_gram(blocked, lone, presum)))
+                    found.append((f"gram/blocks-{target}", blocked))
             for parts in gram.TRIANGLES:
                 triangle = gram.triangular(shape, parts)
                 if triangle is not None:
-                    found.append((f"gram/triangle-{parts}", _presummed_gram(triangle, lone, presum)))
+                    found.append((f"gram/triangle-{parts}", triangle))
     return found
 
 
@@ -214,15 +216,36 @@ def _first(output, rows, cols) -> Optional[str]:
     return None
 
 
-def _presummed_gram(inner: Plan, lone, presum) -> Plan:
+def presummed_gram(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict) -> Optional[Plan]:
+    """``A Aᵀ`` of one operand after summing the legs only it carries (KFAC-reduce of a 1x1 layer), or ``None``.
+
+    Both operands are one tensor (the caller checks); the sum runs once, on the
+    first, and what is left is a small Gram product (:func:`.gram.plan`). The
+    cost model ranks it like PyTorch's kernel, which sums the same legs first.
+
+    Example:
+        >>> p = presummed_gram([("n", "c", "p"), ("n", "d", "q")], ("c", "d"), {"n": 2, "c": 3, "d": 3, "p": 4, "q": 4})
+        >>> x = torch.randn(2, 3, 4, dtype=torch.float64)
+        >>> torch.allclose(p(x, x), x.sum(2).T @ x.sum(2))
+        True
+    """
+    lone = _lone(legs, output)
+    if len(legs) != 2 or not all(lone) or any(len(set(l)) != len(l) for l in legs):
+        return None
+    reduced = [tuple(leg for a, leg in enumerate(operand) if a not in l) for operand, l in zip(legs, lone)]
+    shape = gram.match(reduced, output, sizes)
+    if shape is None:
+        return None
+    presum = views.elements(legs[0], sizes)
+
     def wrap(p):
-        def run(x, y):
+        def run(x, _same):
             return p.run(views.sum_axes(x, lone[0]), None)
 
-        return Plan(run, p.equation, p.flops + presum, p.largest_intermediate, write=p.write,
+        return Plan(run, "sum, " + p.equation, p.flops + presum, p.largest_intermediate, write=p.write,
                     with_scale=lambda more: wrap(p.with_scale(more)))
 
-    return wrap(inner)
+    return wrap(gram.plan(shape))
 
 
-__all__ = ["plans"]
+__all__ = ["plans", "presummed_gram"]

@@ -188,9 +188,11 @@ def variants(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]):
     return [(label, p) for label, p in found if p is not None]
 
 
-def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: str = "default") -> Optional[Plan]:
+def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: str = "default",
+         presum: float = 0.0) -> Optional[Plan]:
     """A :class:`Plan` running ``template`` with PyTorch's convolution kernels (``kernel``: its own, or one of
-    :data:`VARIANTS`; ``None`` if that variant cannot run these sizes)."""
+    :data:`VARIANTS`; ``None`` if that variant cannot run these sizes). ``presum``: elements the sums of
+    ``template.summed`` read, counted as FLOPs."""
     t = template
     size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
     Bf, Gf, Ci, Co = size(t.batch), size(t.group), size(t.c_in), size(t.c_out)
@@ -278,7 +280,7 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: s
             result = result.reshape(out_shape)
         return result if to_output is None else result.permute(to_output)
 
-    flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
+    flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K) + presum
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
     name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role] + \
         ("" if kernel == "default" else f" as {kernel} conv")
