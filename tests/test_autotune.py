@@ -106,7 +106,7 @@ def test_pointwise_and_dense_candidates(monkeypatch, groups, kernel, stride):
         seen.update(_check_every_candidate(tn, inputs, tn.name))
     assert {"plain/torch", "plain/opt_einsum"} <= seen and {"matmul", "views/matmul"} & seen, seen
     if kernel == 1:
-        assert {"matmul/broadcast", "gram"} <= seen, seen
+        assert {"matmul/broadcast", "matmul/batched-sum", "matmul/loop", "gram"} <= seen, seen
 
 
 @pytest.mark.parametrize("N, kernel, stride, padding, dilation", [
@@ -343,6 +343,12 @@ def test_inputs_that_require_grad_are_timed_without_recording_history(monkeypatc
     g = tnconv.compile(diagrams.kfc(N=2, kernel_size=3, padding=1))
     for label in _labels(g, dict(x=x)):
         assert torch.autograd.gradcheck(lambda x: g._build(dict(x=x), tuner=Force(label))(dict(x=x)), (x,)), label
+    h = tnconv.compile(diagrams.weight_vjp(N=1, kernel_size=1))  # the in-place accumulating products
+    y = torch.randn(3, 2, 4, dtype=DT, requires_grad=True)
+    x = torch.randn(3, 3, 4, dtype=DT, requires_grad=True)
+    for label in _labels(h, dict(x=x, grad_output=y)):
+        assert torch.autograd.gradcheck(
+            lambda x, y: h._build(dict(x=x, grad_output=y), tuner=Force(label))(dict(x=x, grad_output=y)), (x, y)), label
 
 
 def test_a_failing_candidate_is_skipped_with_a_warning():

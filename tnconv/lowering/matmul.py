@@ -18,7 +18,8 @@ autotuner:
   1x1 convolution as one product per sample, written straight into ``[B, C, P]``;
 * ``"matmul/batched-sum"``: the summed legs both operands lead with become
   batch legs whose products are then summed -- a 1x1 weight VJP as one
-  product per sample, no operand copied;
+  product per sample, no operand copied; ``"matmul/loop"``: the same
+  products accumulated in place (``baddbmm_``), one per summed index;
 * ``"gram"``: both operands are one tensor (KFC of a 1x1 layer):
   :mod:`.gram`'s product of it with itself, whole, in blocks or by its
   upper triangle; for KFAC-reduce, after summing the pixels
@@ -63,10 +64,12 @@ def plans(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict,
     presum = sum(views.elements(operand, sizes) for operand, l in zip(legs, lone) if l)
     a, b = reduced
     found = []
-    for label, grouping in (("matmul", _plain_grouping(a, b, output)), ("matmul/broadcast", _broadcast_grouping(a, b, output)),
-                            ("matmul/batched-sum", _summed_grouping(a, b, output))):
+    summed = _summed_grouping(a, b, output)
+    for label, grouping, loop in (("matmul", _plain_grouping(a, b, output), False),
+                                  ("matmul/broadcast", _broadcast_grouping(a, b, output), False),
+                                  ("matmul/batched-sum", summed, False), ("matmul/loop", summed, True)):
         if grouping is not None:
-            found.append((label, _plan(a, b, output, sizes, lone, presum, *grouping)))
+            found.append((label, _plan(a, b, output, sizes, lone, presum, *grouping, loop=loop)))
     if same and not any(lone):  # with lone legs, presummed_gram is the cost model's candidate
         shape = gram.match(reduced, output, sizes)
         if shape is not None:
@@ -130,7 +133,7 @@ def _summed_grouping(a, b, output):
     return batch, rows, cols, [l for l in summed if l not in lead], tuple(lead)
 
 
-def _plan(a, b, output, sizes, lone, presum, batch, rows, cols, summed, summed_batch):
+def _plan(a, b, output, sizes, lone, presum, batch, rows, cols, summed, summed_batch, loop=False):
     size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
     head = list(summed_batch) + list(batch)
     # A is [head, rows, summed], or [head, summed, rows] transposed when a holds its summed legs first; B likewise
@@ -146,12 +149,21 @@ def _plan(a, b, output, sizes, lone, presum, batch, rows, cols, summed, summed_b
     identity = to_output == sorted(to_output)
     out_shape = tuple(sizes[l] for l in kept)
     n_sum, s_shape = len(summed_batch), tuple(sizes[l] for l in summed_batch)
+    count = prod(s_shape)
 
     def make(scale):
         def run(x, y):
             A = steps[0](views.sum_axes(x, lone[0]))
             B = steps[1](views.sum_axes(y, lone[1]))
             first, second = (B.transpose(1, 2), A.transpose(1, 2)) if swap else (A, B)
+            if loop and not (gram._recorded(first) or gram._recorded(second)):
+                # one product per summed index, accumulated in place: no [summed, M, N] intermediate
+                first, second = first.reshape((count, -1) + first.shape[1:]), second.reshape((count, -1) + second.shape[1:])
+                r = first.new_empty(first.shape[1:2] + (first.shape[2], second.shape[3]))
+                for i in range(count):
+                    r.baddbmm_(first[i], second[i], beta=0 if i == 0 else 1, alpha=scale)
+                r = r.reshape(out_shape)
+                return r if identity else r.permute(to_output)
             if scale == 1 or n_sum:
                 r = torch.bmm(first, second)
             else:  # beta=0: the zero is not read, the scale rides on the product
@@ -165,10 +177,11 @@ def _plan(a, b, output, sizes, lone, presum, batch, rows, cols, summed, summed_b
 
         return run
 
-    flops = 2.0 * Bt * M * N * K + (Bt * M * N if n_sum else 0) + presum
+    summing = Bt * M * N if n_sum else 0  # the batched products' result, summed after (none with the loop)
+    flops = 2.0 * Bt * M * N * K + (0 if loop else summing) + presum
     out = size(output)
-    write = out + copies + (Bt * M * N if n_sum else 0) + (0 if identity else out)
-    name = f"bmm [{Bt}, {M}, {K}] x [{Bt}, {K}, {N}]" + (" summed" if n_sum else "")
+    write = out + copies + (out * count if loop else summing) + (0 if identity else out)
+    name = f"bmm [{Bt}, {M}, {K}] x [{Bt}, {K}, {N}]" + (" accumulated" if loop else " summed" if n_sum else "")
 
     def planned(scale):
         return Plan(make(scale), name, flops, max(Bt * M * N, copies, out), write=write,
