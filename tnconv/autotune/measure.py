@@ -1,7 +1,8 @@
 """Timing a term's candidates on the actual tensors -- and knowing when that would mean nothing.
 
 Each candidate runs once to warm up (and to fail, if it must: a failing
-candidate is skipped with a warning). Then rounds: each round times every
+candidate is skipped with a warning; one :data:`HOPELESS` times slower than
+the fastest warm-up so far is not timed). Then rounds: each round times every
 candidate once, interleaved, rotating which goes first; after the first,
 those slower than :data:`GIVE_UP` times the fastest drop out; after
 :data:`REPEATS` rounds the lowest median wins, by a :data:`MARGIN` over the
@@ -23,6 +24,9 @@ REPEATS = 5
 
 #: A candidate whose first timed call took this many times the fastest one is not timed further.
 GIVE_UP = 3.0
+
+#: A candidate whose warm-up took this many times the fastest warm-up so far is not timed at all.
+HOPELESS = 10.0
 
 #: Seconds beyond which one timed call is measurement enough (no repeats).
 SLOW = 1.0
@@ -83,22 +87,25 @@ def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tupl
 
     ``runs`` are argument-free calls, the cost model's choice first: another
     wins only if its median is below :data:`MARGIN` times the first's, so noise
-    does not trade a good default for a lucky draw. Candidates given up after
-    the first round report that round's time.
+    does not trade a good default for a lucky draw. Candidates given up report
+    their last time (the first round's, or the warm-up's).
 
     Example:
         >>> label, ms = fastest({"slow": lambda: time.sleep(0.02), "fast": lambda: None}, torch.device("cpu"))
         >>> label, sorted(ms)
         ('fast', ['fast', 'slow'])
     """
-    alive = []
+    alive, warm = [], {}
     for label, run in runs.items():
         try:
-            run()  # warm-up: one-time costs (first use of a kernel, faulting in memory) are not the candidate's
-            alive.append(label)
+            # warm-up: one-time costs (first use of a kernel, faulting in memory) are not the candidate's
+            warm[label] = _once(run, device)
         except Exception as error:  # one broken candidate must not break the call: the others remain
             warnings.warn(f"tnconv autotune: candidate {label!r} failed ({type(error).__name__}: {error}); "
                           "skipping it", RuntimeWarning, stacklevel=4)
+            continue
+        if warm[label] <= HOPELESS * min(warm.values()):
+            alive.append(label)
     if not alive:
         return None, {}
     samples: Dict[str, list] = {label: [] for label in alive}
@@ -111,7 +118,7 @@ def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tupl
             alive = [label for label in alive if samples[label][0] <= GIVE_UP * best]
             if best >= SLOW:
                 break
-    times = {label: 1e3 * statistics.median(t) for label, t in samples.items()}
+    times = {label: 1e3 * (statistics.median(samples[label]) if samples.get(label) else t) for label, t in warm.items()}
     chosen = min(alive, key=lambda label: times[label])
     first = next(iter(runs))
     if first in alive and times[chosen] > MARGIN * times[first]:
@@ -119,4 +126,4 @@ def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tupl
     return chosen, times
 
 
-__all__ = ["REPEATS", "GIVE_UP", "SLOW", "MARGIN", "untimeable", "fastest"]
+__all__ = ["REPEATS", "GIVE_UP", "HOPELESS", "SLOW", "MARGIN", "untimeable", "fastest"]

@@ -66,7 +66,7 @@ def plans(legs: Sequence[Tuple[str, ...]], output: Tuple[str, ...], sizes: dict,
     found = []
     summed = _summed_grouping(a, b, output)
     for label, grouping, loop in (("matmul", _plain_grouping(a, b, output), False),
-                                  ("matmul/broadcast", _broadcast_grouping(a, b, output), False),
+                                  ("matmul/broadcast", _broadcast_grouping(a, b, output, sizes), False),
                                   ("matmul/batched-sum", summed, False), ("matmul/loop", summed, True)):
         if grouping is not None:
             found.append((label, _plan(a, b, output, sizes, lone, presum, *grouping, loop=loop)))
@@ -100,8 +100,9 @@ def _plain_grouping(a, b, output):
     return batch, rows, cols, summed, ()
 
 
-def _broadcast_grouping(a, b, output):
-    """Batch legs extended by the output's leading legs of one operand (the other broadcast)."""
+def _broadcast_grouping(a, b, output, sizes):
+    """Batch legs extended by the output's leading legs of one operand (the other broadcast, if it is the
+    smaller: broadcasting the larger one makes many small products of it)."""
     batch, rows, cols, summed = _classes(a, b, output)
     lead = []
     for leg in output:
@@ -115,6 +116,9 @@ def _broadcast_grouping(a, b, output):
         return None
     head = [l for l in output if l in batch or l in lead]
     big = a if lead[0] in rows else b
+    small = b if big is a else a
+    if views.elements(small, sizes) > views.elements(big, sizes):
+        return None
     summed = sorted(summed, key=big.index)
     return head, [l for l in rows if l not in lead], [l for l in cols if l not in lead], summed, ()
 
