@@ -3,7 +3,9 @@
 Each candidate runs once to warm up (and to fail, if it must: a failing
 candidate is skipped with a warning; one :data:`HOPELESS` times slower than
 the fastest warm-up so far is not timed). Then rounds: each round times every
-candidate once, interleaved, rotating which goes first; after the first,
+candidate once, interleaved, rotating which goes first, each call after
+:data:`FLUSH` bytes were overwritten (so none runs from the cache the previous
+call warmed); after the first,
 those slower than :data:`GIVE_UP` times the fastest drop out; after
 :data:`REPEATS` rounds the lowest median wins, by a :data:`MARGIN` over the
 cost model's choice. The device is synchronized
@@ -33,6 +35,9 @@ SLOW = 1.0
 
 #: Another candidate replaces the cost model's choice only below this fraction of its time.
 MARGIN = 0.97
+
+#: Bytes overwritten before every timed call (several times a core's L2 cache).
+FLUSH = 16 * 2**20
 
 
 def untimeable(tensors: Iterable[torch.Tensor]) -> Optional[str]:
@@ -74,7 +79,20 @@ def _sync(device: torch.device) -> None:
             synchronize()
 
 
+_scratch: Dict[torch.device, torch.Tensor] = {}
+
+
+def _flush(device: torch.device) -> None:
+    """Overwrite :data:`FLUSH` bytes on ``device``: the next call starts without its operands in the
+    closest caches, as it would inside a real program (back-to-back calls favour whatever fits them)."""
+    buffer = _scratch.get(device)
+    if buffer is None:
+        buffer = _scratch[device] = torch.empty(FLUSH // 4, dtype=torch.float32, device=device)
+    buffer.zero_()
+
+
 def _once(run: Callable[[], object], device: torch.device) -> float:
+    _flush(device)
     _sync(device)
     start = time.perf_counter()
     run()
@@ -126,4 +144,4 @@ def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tupl
     return chosen, times
 
 
-__all__ = ["REPEATS", "GIVE_UP", "HOPELESS", "SLOW", "MARGIN", "untimeable", "fastest"]
+__all__ = ["REPEATS", "GIVE_UP", "HOPELESS", "SLOW", "MARGIN", "FLUSH", "untimeable", "fastest"]

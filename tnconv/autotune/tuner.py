@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -13,6 +14,8 @@ from .measure import fastest, untimeable
 #: Candidates with this many times the FLOPs of the cost model's choice are not run (a plain einsum
 #: over a big convolution's index pattern can take seconds); nor those needing much more memory.
 PRUNE = 8.0
+
+_timing = threading.Lock()
 
 #: ``(network name, labels)`` of the last plan built with autotuning in this process, for reports
 #: (the benchmark shows which lowering won); ``None`` before any.
@@ -62,7 +65,7 @@ class Tuner:
         if chosen is None and self.reason is None and len(found) > 1:
             ranked = _ranked(found, fallback)
             runs = {c.label: _runner(c, operands(c), scale) for c in ranked}
-            with torch.no_grad():
+            with _timing, torch.no_grad():  # one tuning at a time: threads tuning at once would time each other
                 label, ms = fastest(runs, self.device)
             chosen = next((c for c in ranked if c.label == label), None)
             self.measured = True
