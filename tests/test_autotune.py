@@ -419,3 +419,25 @@ def test_native_variants_flip_and_transpose_the_kernels(padding, dilation):
         gs = torch.randn(tnconv.compile(diagrams.conv(**hs))(x=x, w=w).shape, dtype=DT)
         transposed = _check_every_candidate(diagrams.weight_vjp(**hs), dict(x=x, grad_output=gs), "weight_vjp")
         assert "native/transposed" in transposed
+
+
+@pytest.mark.parametrize("I, K, S, P, D", [(9, 1, 2, 0, 1), (9, 1, 3, 2, 1), (10, 3, 2, 1, 1), (12, 1, 2, 1, 1),
+                                           (1, 1, 3, 2, 1), (20, 3, 1, 1, 1), (23, 2, 3, 1, 2), (16, 5, 1, 2, 1)])
+def test_window_sums_are_the_pattern_summed_over_o(I, K, S, P, D):
+    from tnconv.ir import Index, Tensor
+    from tnconv.ir.pattern import pattern_sum
+    from tnconv.lowering.reduce import window_sums
+
+    def pattern(name, I, O, K, S, P, D):
+        return Tensor(name, (Index("i" + name, I), Index("o" + name, O), Index("k" + name, K)), kind="pattern",
+                      attrs=(("stride", S), ("pad_left", P), ("pad_right", 0), ("dilation", D)))
+
+    O = (I + 2 * P - D * (K - 1) - 1) // S + 1
+    for J, K2, S2, P2 in [(8, 1, 2, 0), (7, 3, 1, 1), (11, 2, 2, 0)]:  # with a second patterned axis
+        O2 = (J + 2 * P2 - (K2 - 1) - 1) // S2 + 1
+        x = torch.randn(2, 3, I, J, dtype=DT)
+        fn = window_sums(("n", "c", "ia", "ib"), [pattern("a", I, O, K, S, P, D), pattern("b", J, O2, K2, S2, P2, 1)],
+                         {"ia": I, "oa": O, "ka": K, "ib": J, "ob": O2, "kb": K2})
+        expected = torch.einsum("ncij,ik,jl->nckl", x, pattern_sum(I, O, K, S, P, D, dtype=DT),
+                                pattern_sum(J, O2, K2, S2, P2, 1, dtype=DT))
+        torch.testing.assert_close(fn(x), expected)

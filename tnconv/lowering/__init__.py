@@ -1,4 +1,4 @@
-"""Lowering of one term, with sizes known, to the cheapest of three executions.
+"""Lowering of one term, with sizes known, to one of its executions (:func:`candidates`).
 
 * ``"native"``: the term is a convolution, input VJP or weight VJP
   (:mod:`.native`) and runs PyTorch's kernel;
@@ -6,9 +6,15 @@
   (:mod:`.views`) and the backend contracts what is left;
 * the plain contraction of every tensor, patterns included, by the backend.
 
-The choice is by the FLOPs and the elements written that each plan reports
-(:func:`cost`; ties go to the earlier in that list, which never uses more memory). ``compile(..., lowering=())`` keeps only
-the plain contraction, which is what the paper's einsum formulation runs.
+Without autotuning the choice is by the FLOPs and the elements written that
+each plan reports (:func:`cost`; ties go to the earlier in that list, which
+never uses more memory). ``compile(..., lowering=())`` keeps only the plain
+contraction, which is what the paper's einsum formulation runs. The
+autotuner (:mod:`tnconv.autotune`) times these and the executions only
+measurement can rank: each backend's plain contraction, pointwise terms as
+one ``bmm`` (:mod:`.matmul`), other PyTorch kernels (:func:`.native.variants`),
+Gram products in blocks or by their upper triangle (:mod:`.gram`) and window
+sums (:mod:`.reduce`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ class Candidate(NamedTuple):
 
     Attributes:
         label: a stable name, unique among a term's candidates (``"native"``,
-            ``"views"``, ``"plain"``, ``"plain/opt_einsum"``, ``"matmul/bmm"``, ...);
+            ``"views"``, ``"plain"``, ``"plain/opt_einsum"``, ``"matmul/broadcast"``, ...);
             the autotuner's cache stores it.
         positions: which of ``term.tensors`` the plan takes, in order.
         plan: the :class:`~tnconv.backends.base.Plan`.

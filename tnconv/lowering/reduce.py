@@ -13,8 +13,10 @@ where ``R(X)`` sums ``X`` per residue class mod ``S`` (one reduction over
 the input, ``[.., S]``), ``A_S`` maps residues to taps, and the corrections
 ``E = A − periodic`` live on the first ``L`` and last ``T`` rows only (a
 few kernel widths). For stride 1 that is ``X.sum(i)`` and a handful of edge
-rows. Axes are reduced last first (the contiguous one, where the input is
-largest); the window sums are a candidate beside the matrix product.
+rows. A window of one tap (a 1x1 down-sampling convolution) reads one
+strided slice, summed with the other such axes at once, so rows it skips
+are never read. Axes are reduced last first (the contiguous one, where the
+input is largest); the window sums are a candidate beside the matrix product.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def _periodic(I, K, S, pad_left, D, full, dtype=torch.float64, device="cpu"):
 
 
 def applicable(patterns, sizes) -> bool:
-    """Whether every pattern's window sums have edges narrower than half its axis."""
-    return all(_decompose(*_shape(p, sizes)) is not None for p in patterns)
+    """Whether every pattern's window sums have edges narrower than half its axis (or one tap)."""
+    return all(_shape(p, sizes)[2] == 1 or _decompose(*_shape(p, sizes)) is not None for p in patterns)
 
 
 def _shape(p, sizes):
@@ -73,13 +75,23 @@ def window_sums(legs: Tuple[str, ...], patterns, sizes: dict):
         True
     """
     steps: List[tuple] = []
+    slices = {}  # axis -> the positions a one-tap window reads: a strided slice, summed with the others at once
     for p in sorted(patterns, key=lambda p: -legs.index(p.legs[0].name)):
         I, O, K, S, pad, D = _shape(p, sizes)
-        steps.append((legs.index(p.legs[0].name), (I, O, K, S, pad, D), _decompose(I, O, K, S, pad, D)))
+        axis = legs.index(p.legs[0].name)
+        if K == 1:
+            slices[axis] = _positions(I, O, S, pad)
+        else:
+            steps.append((axis, (I, O, K, S, pad, D), _decompose(I, O, K, S, pad, D)))
+    empty = any(part is None for part in slices.values())
+    index = tuple(slices.get(a, slice(None)) for a in range(max(slices, default=-1) + 1))
+    summed = tuple(slices)
 
     made = {}  # (dtype, device) -> per step, the small matrices (built once, not at every call)
 
     def fn(x):
+        if summed:  # down-sampling (S > K = 1): only the rows and columns a window reads are touched
+            x = x.new_zeros(()).expand(_kept(x.shape, summed)) if empty else x[index].sum(summed, keepdim=True)
         key = (x.dtype, x.device)
         if key not in made:
             made[key] = [_matrices(shape, split, x.dtype, x.device) for _, shape, split in steps]
@@ -88,6 +100,16 @@ def window_sums(legs: Tuple[str, ...], patterns, sizes: dict):
         return x
 
     return fn
+
+
+def _positions(I, O, S, pad):
+    """The slice of the input positions a window of one tap reads, ``o·S − P`` in ``[0, I)``; ``None``: none."""
+    read = [o * S - pad for o in range(O) if 0 <= o * S - pad < I]
+    return slice(read[0], read[-1] + 1, S) if read else None
+
+
+def _kept(shape, axes):
+    return tuple(1 if a in axes else n for a, n in enumerate(shape))
 
 
 def _matrices(shape, split, dtype, device):
