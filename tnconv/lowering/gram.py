@@ -171,7 +171,7 @@ def blocked(shape: Shape, target: int, scale: float = 1.0) -> Optional[Plan]:
     whole = plan(shape, scale)
 
     def run(x, _same):
-        if _recorded(x):
+        if recorded(x):
             return whole.run(x, _same)
         xp = x.permute(shape.order)
         buffer = x.new_empty(buffer_shape)
@@ -217,7 +217,7 @@ def triangular(shape: Shape, parts: int, scale: float = 1.0) -> Optional[Plan]:
     whole = plan(shape, scale)
 
     def run(x, _same):
-        if _recorded(x):
+        if recorded(x):
             return whole.run(x, _same)
         m = x.permute(shape.order).reshape(g, f, s)
         out = x.new_empty((g, f, f))
@@ -234,10 +234,18 @@ def triangular(shape: Shape, parts: int, scale: float = 1.0) -> Optional[Plan]:
                 with_scale=lambda more: triangular(shape, parts, scale * more))
 
 
-def _recorded(x) -> bool:
-    """Whether an in-place, buffer-reusing product would break autograd or ``torch.func`` on ``x``."""
+def recorded(x) -> bool:
+    """Whether an in-place, buffer-reusing product would break autograd or ``torch.func`` on ``x``.
+
+    Plans that accumulate into a buffer (blocks, triangles, :mod:`.matmul`'s loop)
+    take their whole, out-of-place form for such inputs.
+
+    Example:
+        >>> recorded(torch.ones(2)), recorded(torch.ones(2, requires_grad=True))
+        (False, True)
+    """
     return (x.requires_grad and torch.is_grad_enabled()) or type(x) is not torch.Tensor or \
         torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
-__all__ = ["BLOCKS", "MAX_BLOCKS", "TRIANGLES", "Shape", "match", "plan", "blocked", "triangular"]
+__all__ = ["BLOCKS", "MAX_BLOCKS", "TRIANGLES", "Shape", "match", "plan", "blocked", "triangular", "recorded"]

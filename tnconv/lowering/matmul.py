@@ -160,7 +160,7 @@ def _plan(a, b, output, sizes, lone, presum, batch, rows, cols, summed, summed_b
             A = steps[0](views.sum_axes(x, lone[0]))
             B = steps[1](views.sum_axes(y, lone[1]))
             first, second = (B.transpose(1, 2), A.transpose(1, 2)) if swap else (A, B)
-            if loop and not (gram._recorded(first) or gram._recorded(second)):
+            if loop and not (gram.recorded(first) or gram.recorded(second)):
                 # one product per summed index, accumulated in place: no [summed, M, N] intermediate
                 first, second = first.reshape((count, -1) + first.shape[1:]), second.reshape((count, -1) + second.shape[1:])
                 r = first.new_empty(first.shape[1:2] + (first.shape[2], second.shape[3]))
