@@ -35,8 +35,10 @@ def _show_parser(sub):
     p.add_argument("--batch", type=int, default=8, help="batch size (for the cost)")
     p.add_argument("--channels", type=_ints, default=(16, 16), help="C_in,C_out (for the cost)")
     p.add_argument("--backend", default="cotengra")
-    p.add_argument("--draw", metavar="PATH", help="write the drawing (.dot, or .png/.svg with graphviz)")
-    p.add_argument("--trace", action="store_true", help="print the network after every pass")
+    p.add_argument("--draw", metavar="PATH",
+                   help="write the drawing of the network after the passes: .svg, .png or .pdf (graphviz), or .dot")
+    p.add_argument("--trace", action="store_true",
+                   help="print the input network, then what each pass changed (a unified diff, or 'unchanged')")
     p.add_argument("--differentiate", metavar="TENSOR", help="cut TENSOR out first (its Jacobian)")
     p.add_argument("--vjp", metavar="TENSOR", help="form the VJP with respect to TENSOR first")
     p.add_argument("--jvp", metavar="TENSOR", help="form the JVP with respect to TENSOR first")
@@ -100,10 +102,8 @@ def show(args) -> int:
     if args.jvp:
         tn = passes.jvp(tn, args.jvp, "tangent")
     compiled = compile(tn, backend=args.backend, trace=True)
-    if args.trace:
-        for name, text in compiled.trace:
-            print(f"// ---- after {name} ----" if name != "input" else "// ---- input ----")
-            print(text)
+    if args.trace:  # the input in full, then what each pass changed
+        print(compiled.trace.diff())
     else:
         print(compiled.network.to_text())
     print(f"\neinsum: {compiled.equation}")
@@ -118,7 +118,11 @@ def show(args) -> int:
     if args.draw:
         from .ir import render
 
-        print(f"drawing: {render(compiled.network, args.draw)}")
+        try:
+            print(f"drawing: {render(compiled.network, args.draw)}")
+        except RuntimeError as error:  # no graphviz, or dot failed: say so, no traceback
+            print(f"tnconv show: {error}", file=sys.stderr)
+            return 2
     return 0
 
 
