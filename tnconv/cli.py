@@ -1,15 +1,18 @@
 """The ``tnconv`` command line.
 
 ``tnconv show OP [options]`` prints an operation's diagram, the einsum the
-backend will run and its cost; ``tnconv demo`` runs the embedded end-to-end
-check against PyTorch; ``tnconv bench`` times tnconv against PyTorch on the
-layers of nine CNNs (needs the ``bench`` extra).
+backend will run and its cost (``--trace``: what each pass changed; ``--draw``:
+a picture); ``tnconv demo`` runs every operation family on layers of real CNNs,
+checked against PyTorch and timed against the standard implementation;
+``tnconv bench`` times tnconv against PyTorch on the layers of nine CNNs (needs
+the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _ints(text: str):
@@ -130,8 +133,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tnconv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _show_parser(sub)
-    demo = sub.add_parser("demo", help="end-to-end run on embedded CNN layers, checked against PyTorch")
-    demo.add_argument("--repeats", type=int, default=21)
+    demo = sub.add_parser("demo", help="every operation family on layers of real CNNs: checked against PyTorch, "
+                                       "timed against the standard implementation, derived pass by pass, drawn")
+    demo.add_argument("--repeats", type=int, default=9, help="timed calls of each implementation (default 9)")
+    demo.add_argument("--quick", action="store_true", help="smoke run: two layers at batch 1, one timed call")
+    demo.add_argument("--out", type=Path, default=None, help="folder for the drawings (default: a new temporary folder)")
+    demo.add_argument("--no-draw", action="store_true", help="do not draw (drawing needs graphviz's dot)")
     from .bench.run import add_arguments
 
     add_arguments(sub.add_parser("bench", help="time tnconv against PyTorch on the layers of nine CNNs; CSV, table, plots"))
@@ -145,7 +152,7 @@ def main(argv=None) -> int:
             return run(args)
         from .demo import run
 
-        return run(repeats=args.repeats)
+        return run(repeats=args.repeats, quick=args.quick, out=args.out, draw_pictures=not args.no_draw)
     except (ValueError, TypeError) as error:
         print(f"tnconv {args.command}: {error}", file=sys.stderr)
         return 2
