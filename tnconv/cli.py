@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     _show_parser(sub)
     demo = sub.add_parser("demo", help="every operation family on layers of real CNNs: checked against PyTorch, "
                                        "timed against the standard implementation, derived pass by pass, drawn")
-    demo.add_argument("--repeats", type=int, default=9, help="timed calls of each implementation (default 9)")
+    demo.add_argument("--repeats", type=int, default=7, help="timed calls of each implementation (default 7)")
     demo.add_argument("--quick", action="store_true", help="smoke run: two layers at batch 1, one timed call")
     demo.add_argument("--out", type=Path, default=None, help="folder for the drawings (default: a new temporary folder)")
     demo.add_argument("--no-draw", action="store_true", help="do not draw (drawing needs graphviz's dot)")

@@ -280,7 +280,7 @@ def _progress(items: list) -> Iterable:
         yield item
 
 
-def run(repeats: int = 9, quick: bool = False, out: Optional[Path] = None, draw_pictures: bool = True) -> int:
+def run(repeats: int = 7, quick: bool = False, out: Optional[Path] = None, draw_pictures: bool = True) -> int:
     """Run the demo and print its report; 0 if every result agrees with PyTorch, else 1.
 
     Args:
