@@ -41,3 +41,10 @@ def test_demo_summary_says_what_the_numbers_say():
     assert max(len(line) for line in text.splitlines()) <= 100
     bad = [demo.Result(r.layer, r.op, 1e-6 if r.op == "kfc" else r.error, r.tnconv_ms, r.standard_ms, 1, 1) for r in results]
     assert "MISMATCH: 30 results do not all agree" in demo.summary(bad, chosen, threads=2, repeats=9)
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    from tnconv.cli import main
+
+    assert main(["demo", "--threads", "0"]) == 2 and "threads must be a positive int" in capsys.readouterr().err
+    assert main(["demo", "--repeats", "0"]) == 2 and "repeats must be >= 1, got 0" in capsys.readouterr().err

@@ -137,6 +137,7 @@ def main(argv=None) -> int:
                                        "timed against the standard implementation, derived pass by pass, drawn")
     demo.add_argument("--repeats", type=int, default=7, help="timed calls of each implementation (default 7)")
     demo.add_argument("--quick", action="store_true", help="smoke run: two layers at batch 1, one timed call")
+    demo.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run (default: PyTorch's)")
     demo.add_argument("--out", type=Path, default=None, help="folder for the drawings (default: a new temporary folder)")
     demo.add_argument("--no-draw", action="store_true", help="do not draw (drawing needs graphviz's dot)")
     from .bench.run import add_arguments
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
             return run(args)
         from .demo import run
 
-        return run(repeats=args.repeats, quick=args.quick, out=args.out, draw_pictures=not args.no_draw)
+        return run(repeats=args.repeats, quick=args.quick, out=args.out, draw_pictures=not args.no_draw, threads=args.threads)
     except (ValueError, TypeError) as error:
         print(f"tnconv {args.command}: {error}", file=sys.stderr)
         return 2

@@ -280,7 +280,8 @@ def _progress(items: list) -> Iterable:
         yield item
 
 
-def run(repeats: int = 7, quick: bool = False, out: Optional[Path] = None, draw_pictures: bool = True) -> int:
+def run(repeats: int = 7, quick: bool = False, out: Optional[Path] = None, draw_pictures: bool = True,
+        threads: Optional[int] = None) -> int:
     """Run the demo and print its report; 0 if every result agrees with PyTorch, else 1.
 
     Args:
@@ -288,11 +289,24 @@ def run(repeats: int = 7, quick: bool = False, out: Optional[Path] = None, draw_
         quick: two layers at batch 1 (a smoke run).
         out: folder for the drawings (default: a new temporary folder); drawn only with graphviz.
         draw_pictures: write the drawings at all.
+        threads: ``torch.set_num_threads`` for the run (default: leave PyTorch's setting); restored after.
     """
-    from .ir.draw import has_graphviz
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(repeats, quick, out, draw_pictures)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(repeats, quick, out, draw_pictures) -> int:
+    from .ir.draw import has_graphviz
+
     repeats = 1 if quick else repeats
     chosen = layers(quick)
     threads = torch.get_num_threads()
