@@ -2,8 +2,8 @@
 
 import inspect
 import re
-import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +39,7 @@ def networks():
     found = {}
 
     def add(label, tn):
-        found.setdefault(to_dot(tn), label)
+        found.setdefault(to_dot(tn), (label, tn))
 
     for name in diagrams.__all__:
         for setting in SETTINGS:
@@ -55,7 +55,7 @@ def networks():
     add("swap_kernel_output", passes.swap_kernel_output(diagrams.weight_vjp(N=2, kernel_size=3)))
     add("crs", passes.crs(diagrams.weight_vjp(N=2, kernel_size=3), "i1", 0.5))
     add("batch", passes.batch(diagrams.conv(N=1, kernel_size=3, batch=False), "n", "B", ["x"]))
-    return [(label, dot) for dot, label in found.items()]
+    return list(found.values())
 
 
 NETWORKS = networks()
@@ -75,8 +75,8 @@ def _statements(dot):
 def test_every_statement_quotes_its_ids():
     # a DOT grammar for what to_dot writes: every id quoted, so primed legs (c', o1') cannot break it
     assert len(NETWORKS) > 60
-    for label, dot in NETWORKS:
-        bad = [line for line in _statements(dot) if not _STATEMENT.match(line)]
+    for label, tn in NETWORKS:
+        bad = [line for line in _statements(to_dot(tn)) if not _STATEMENT.match(line)]
         assert not bad, (label, bad[:3])
 
 
@@ -92,28 +92,25 @@ def test_primed_legs_are_quoted():
 @needs_dot
 def test_primed_legs_render(tmp_path):
     path = render(diagrams.kfac_reduce(N=2, kernel_size=3, stride=2), tmp_path / "k.png")
-    assert open(path, "rb").read(8) == PNG_MAGIC
-
-
-def _dot(dot, fmt="svg"):
-    done = subprocess.run(["dot", f"-T{fmt}"], input=dot.encode(), capture_output=True, timeout=60)
-    assert done.returncode == 0 and not done.stderr, done.stderr.decode()
-    return done.stdout
+    assert Path(path).read_bytes()[:8] == PNG_MAGIC
 
 
 @needs_dot
-def test_every_builder_and_pass_renders_to_valid_svg():
-    for label, dot in NETWORKS:
-        root = ET.fromstring(_dot(dot))  # dot printed no warning and the result parses as XML
-        assert root.tag.endswith("svg"), label
+@pytest.mark.filterwarnings("error")  # render passes on whatever dot prints: a warning fails the test
+def test_every_builder_and_pass_renders_to_valid_images(tmp_path):
+    for n, (label, tn) in enumerate(NETWORKS):
+        root = ET.parse(render(tn, tmp_path / f"{n}.svg")).getroot()
+        assert root.tag == "{http://www.w3.org/2000/svg}svg", label
         assert root.find(".//{http://www.w3.org/2000/svg}g") is not None, label
+        if label.count("/") == 1:  # each builder's own network as a PNG too
+            assert Path(render(tn, tmp_path / f"{n}.png")).read_bytes()[:8] == PNG_MAGIC, label
 
 
 @needs_dot
 @pytest.mark.parametrize("fmt, magic", [("png", PNG_MAGIC), ("pdf", b"%PDF-"), ("svg", None)])
 def test_render_formats(tmp_path, fmt, magic):
     path = render(diagrams.conv(N=2, kernel_size=3, groups=2, bias=True), str(tmp_path / f"conv.{fmt}"))
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     if magic:
         assert data.startswith(magic)
     else:
@@ -129,13 +126,20 @@ def test_names_with_quotes_and_backslashes_are_escaped(tmp_path):
     assert 'x "the" \\input' in texts
 
 
+@needs_dot
+def test_dot_warnings_are_passed_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("tnconv.ir.draw.to_dot", lambda tn: 'graph "g" { "a" [shape=nonsense]; }')
+    with pytest.warns(RuntimeWarning, match="nonsense"):
+        render(diagrams.conv(N=1, kernel_size=3), tmp_path / "g.svg")
+
+
 def test_render_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"\.svg"):
         render(diagrams.conv(N=1, kernel_size=3), tmp_path / "conv.jpeg")
     monkeypatch.setattr("tnconv.ir.draw.has_graphviz", lambda: False)
     with pytest.raises(RuntimeError, match="apt-get install graphviz"):
         render(diagrams.conv(N=1, kernel_size=3), tmp_path / "conv.svg")
-    assert open(render(diagrams.conv(N=1, kernel_size=3), tmp_path / "conv.dot")).read().startswith("graph")
+    assert Path(render(diagrams.conv(N=1, kernel_size=3), tmp_path / "conv.dot")).read_text().startswith("graph")
 
 
 def _attrs(dot, label):

@@ -25,6 +25,7 @@ import html
 import re
 import shutil
 import subprocess
+import warnings
 
 import sympy
 
@@ -254,6 +255,9 @@ def render(tn, path) -> str:
         ValueError: the suffix is not one of :data:`FORMATS`.
         RuntimeError: graphviz's ``dot`` is not installed, or it failed (its message is included).
 
+    Warns:
+        RuntimeWarning: ``dot`` drew the picture but printed a warning (passed on).
+
     Example:
         >>> import tempfile, os
         >>> from tnconv import diagrams
@@ -274,8 +278,11 @@ def render(tn, path) -> str:
         raise RuntimeError(f"drawing to .{fmt} needs graphviz's 'dot' program (Debian/Ubuntu: apt-get install "
                            "graphviz; macOS: brew install graphviz); or write a .dot file instead")
     done = subprocess.run(["dot", f"-T{fmt}", "-o", path], input=text.encode("utf-8"), capture_output=True)
+    message = done.stderr.decode(errors="replace").strip()
     if done.returncode != 0:
-        raise RuntimeError(f"graphviz's dot failed on network {tn.name!r}: {done.stderr.decode(errors='replace').strip()}")
+        raise RuntimeError(f"graphviz's dot failed on network {tn.name!r}: {message}")
+    if message:  # drawn, but dot had something to say (a dropped attribute, a font it could not find)
+        warnings.warn(f"graphviz's dot on network {tn.name!r}: {message}", RuntimeWarning, stacklevel=2)
     return path
 
 
