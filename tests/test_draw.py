@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import tnconv
 from tnconv import diagrams, passes
 from tnconv.ir import Index, Tensor, TensorNetwork, render, to_dot
 from tnconv.ir.draw import has_graphviz

@@ -204,6 +204,12 @@ def summary(results: List[Result], chosen, threads: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
+def _hyper(layer) -> dict:
+    """The diagram builders' arguments for ``layer``, its input size fixed (so the rewrites can fire)."""
+    return dict(N=len(layer.input_size), kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                dilation=layer.dilation, groups=layer.groups, input_size=layer.input_size)
+
+
 def derivation(layer):
     """KFAC-reduce of ``layer`` derived step by step: a :class:`~tnconv.passes.Trace` from the unfolded input.
 
@@ -220,8 +226,7 @@ def derivation(layer):
     from . import compile, diagrams
     from .passes import Trace
 
-    hyper = dict(N=len(layer.input_size), kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                 dilation=layer.dilation, groups=layer.groups, input_size=layer.input_size)
+    hyper = _hyper(layer)
     unfold = diagrams.unfold(**hyper)
     factor = diagrams.kfac_reduce(**hyper)
     trace = Trace([("unfold", unfold), ("rename_apart + contract", factor)])
@@ -236,8 +241,7 @@ def _diagrams(layer) -> List[Tuple[str, object]]:
 
     from . import compile, diagrams
 
-    hyper = dict(N=len(layer.input_size), kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                 dilation=layer.dilation, groups=layer.groups, input_size=layer.input_size)
+    hyper = _hyper(layer)
     sizes = {f"I{d + 1}": s for d, s in enumerate(layer.input_size)}
     found = []
     for op, builder in (("forward", "conv"), ("input_vjp", "input_vjp"), ("weight_vjp", "weight_vjp"),
