@@ -3,7 +3,7 @@
 Each candidate runs once to warm up (and to fail, if it must: a failing
 candidate is skipped with a warning; one :data:`HOPELESS` times slower than
 the fastest warm-up so far is not timed). Then rounds: each round times every
-candidate once, interleaved, rotating which goes first, each call after
+candidate once, interleaved (:func:`balanced_orders`), each call after
 :data:`FLUSH` bytes were overwritten (so none runs from the cache the previous
 call warmed); after the first,
 those slower than :data:`GIVE_UP` times the fastest drop out; after
@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -82,9 +82,14 @@ def _sync(device: torch.device) -> None:
 _scratch: Dict[torch.device, torch.Tensor] = {}
 
 
-def _flush(device: torch.device) -> None:
+def flush(device: torch.device = torch.device("cpu")) -> None:
     """Overwrite :data:`FLUSH` bytes on ``device``: the next call starts without its operands in the
-    closest caches, as it would inside a real program (back-to-back calls favour whatever fits them)."""
+    closest caches, as it would inside a real program (back-to-back calls favour whatever fits them,
+    and a call after one that swept the caches pays for it).
+
+    Example:
+        >>> flush()  # 16 MiB of zeros written on the CPU
+    """
     buffer = _scratch.get(device)
     if buffer is None:
         buffer = _scratch[device] = torch.empty(FLUSH // 4, dtype=torch.float32, device=device)
@@ -92,12 +97,38 @@ def _flush(device: torch.device) -> None:
 
 
 def _once(run: Callable[[], object], device: torch.device) -> float:
-    _flush(device)
+    flush(device)
     _sync(device)
     start = time.perf_counter()
     run()
     _sync(device)
     return time.perf_counter() - start
+
+
+def balanced_orders(n: int) -> List[List[int]]:
+    """Orders of ``n`` callables in which each one runs right after each other one equally often.
+
+    A Williams design: row ``i`` is ``0, 1, n−1, 2, n−2, …`` plus ``i`` (mod ``n``);
+    for odd ``n`` the rows and their reverses. Rotating one order is not enough: with
+    three or more callables, one of them follows the same other one in most rounds,
+    and a call right after one that swept the caches and the allocator (the standard
+    KFC's im2col matrix) ran up to 1.4x slower than the same call after a light one.
+
+    Example:
+        >>> balanced_orders(4)
+        [[0, 1, 3, 2], [1, 2, 0, 3], [2, 3, 1, 0], [3, 0, 2, 1]]
+        >>> balanced_orders(2)
+        [[0, 1], [1, 0]]
+    """
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(v + i) % n for v in first] for i in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
 
 
 def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tuple[Optional[str], Dict[str, float]]:
@@ -128,9 +159,11 @@ def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tupl
         return None, {}
     samples: Dict[str, list] = {label: [] for label in alive}
     for r in range(REPEATS):
-        k = r % len(alive)  # interleaved, rotating which goes first: drifting load hits all alike
-        for label in alive[k:] + alive[:k]:
-            samples[label].append(_once(runs[label], device))
+        # interleaved, each candidate after each other equally often: drifting load and what the previous
+        # call left in the caches and the allocator hit all alike
+        orders = balanced_orders(len(alive))
+        for n in orders[r % len(orders)]:
+            samples[alive[n]].append(_once(runs[alive[n]], device))
         if r == 0:  # after one round, drop the hopeless; a slow first round is measurement enough
             best = min(samples[label][0] for label in alive)
             alive = [label for label in alive if samples[label][0] <= GIVE_UP * best]
@@ -144,4 +177,4 @@ def fastest(runs: Dict[str, Callable[[], object]], device: torch.device) -> Tupl
     return chosen, times
 
 
-__all__ = ["REPEATS", "GIVE_UP", "HOPELESS", "SLOW", "MARGIN", "FLUSH", "untimeable", "fastest"]
+__all__ = ["REPEATS", "GIVE_UP", "HOPELESS", "SLOW", "MARGIN", "FLUSH", "flush", "balanced_orders", "untimeable", "fastest"]

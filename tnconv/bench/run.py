@@ -1,20 +1,22 @@
 """The measurement loop and the ``tnconv bench`` command.
 
 For every layer and operation it builds tnconv's and the standard callable
-on the same random float32 data, checks once that they agree, warms both up
-(tnconv's first call compiles and plans; both then run from warm caches),
-then times them interleaved -- the two alternate, and which goes first
-alternates too, so drifting machine load hits both alike -- and takes the
-median of each. The extra peak memory of one more call of each is measured
-last, under the profiler (:mod:`.memory`), so profiling never slows a timed
-call. A disagreement or an exception is an error row, never a silent pass.
+on the same random float32 data, and tnconv's with autotuning on the very
+same tensors, checks once that they agree, warms them up (tnconv's first call
+compiles and plans, the autotuned one's tunes; all then run from warm
+caches), then times them and the floors (:func:`~.ops.floors`) interleaved in
+balanced orders (:func:`~.timing.interleaved_medians`), so drifting machine
+load and what each call leaves behind hit all alike, and takes the median of
+each. The extra peak memory of one more call of each is measured last, under
+the profiler (:mod:`.memory`), so profiling never slows a timed call. A
+disagreement or an exception is an error row, never a silent pass. Several
+thread counts run in one subprocess each.
 
-With ``--einconv`` a third implementation, einconv (:mod:`.einconv_ops`),
-runs on the same data: it is checked against the standard result with the
-same tolerance (a disagreement or an exception is an error row too), warmed
-up, and timed in the same interleaved loop, the three rotating which goes
-first; a layer einconv cannot express is skipped for einconv only, with the
-reason in ``einconv_skipped``.
+With ``--einconv`` einconv (:mod:`.einconv_ops`) runs too, on the same data:
+it is checked against the standard result with the same tolerance (a
+disagreement or an exception is an error row too), warmed up, and timed in
+the same interleaved loop; a layer einconv cannot express is skipped for
+einconv only, with the reason in ``einconv_skipped``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import dataclasses
 import importlib.util
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ import torch
 from .layers import NETS, Layer, select
 from .memory import peak_memory
 from .ops import DESCRIPTIONS, OPS, autotuned, floors, make
+from .timing import interleaved_medians
 
 #: Largest accepted ``max |tnconv - standard| / max |standard|`` in float32.
 TOLERANCE = 1e-4
@@ -113,12 +115,6 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return (ours - theirs).abs().max().item() / (scale or 1.0) if theirs.numel() else 0.0
 
 
-def _seconds(fn: Callable) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _error_row(layer: Layer, op: str, error: str, err: float = math.nan) -> Row:
     nan = math.nan
     return Row(layer.net, layer.name, layer.kind, op, layer.batch, nan, nan, nan, nan, nan, err, error,
@@ -186,15 +182,11 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
             ([ein] if ein is not None else [])
         for fn in fns:  # warm-up (tnconv: from the caches)
             fn()
-        times = {fn: [] for fn in fns}
-        for r in range(repeats):  # which goes first rotates: with two, they alternate
-            k = r % len(fns)
-            for fn in fns[k:] + fns[:k]:
-                times[fn].append(_seconds(fn))
+        # which goes first rotates, and every call starts from caches the previous one did not warm
+        median = dict(zip(fns, interleaved_medians(fns, repeats)))
         peaks = {fn: peak_memory(fn)[1] for fn in [ours, theirs, auto, ein] if fn is not None}
     except Exception as error:  # any failure of either implementation becomes the row's error
         return _error_row(layer, op, _message(error))
-    median = {fn: statistics.median(t) for fn, t in times.items()}
     t_ours, t_theirs = median[ours], median[theirs]
     extra = {}
     if ein is not None:
