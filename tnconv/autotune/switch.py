@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
@@ -39,12 +38,13 @@ def set_autotune(enabled: bool) -> None:
 
 def _set(state) -> None:
     """Set the switch (``None``: unset, the environment decides); drop followers' plans if the setting changes."""
-    with _lock:
-        before = autotune_enabled()
-        _state["enabled"] = state
-        followers = list(_followers) if autotune_enabled() != before else []
-    for compiled in followers:
-        compiled._autotune_changed()
+    before = autotune_enabled()
+    _state["enabled"] = state
+    if _followers and autotune_enabled() != before:  # cheap when nothing follows (the benchmark toggles per call)
+        with _lock:
+            followers = list(_followers)
+        for compiled in followers:
+            compiled._autotune_changed()
 
 
 def autotune_enabled() -> bool:
@@ -63,9 +63,10 @@ def autotune_enabled() -> bool:
     return enabled
 
 
-@contextlib.contextmanager
-def autotuning(enabled: bool = True):
+class autotuning:  # noqa: N801 -- used like a function: ``with autotuning():``
     """``with autotuning():`` -- :func:`set_autotune` for the block, the previous setting restored after.
+
+    Cheap enough to wrap single calls (the benchmark's autotuned column does).
 
     Example:
         >>> import tnconv
@@ -73,12 +74,22 @@ def autotuning(enabled: bool = True):
         ...     tnconv.autotune_enabled()
         True
     """
-    before = _state["enabled"]
-    set_autotune(enabled)
-    try:
-        yield
-    finally:
-        _set(before)
+
+    __slots__ = ("enabled", "before")
+
+    def __init__(self, enabled: bool = True):
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.before = _state["enabled"]
+        _set(self.enabled)
+        return self
+
+    def __exit__(self, *exc):
+        _set(self.before)
+        return False
 
 
 def follow(compiled) -> None:
