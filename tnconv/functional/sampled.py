@@ -41,7 +41,11 @@ def check_keep(crs_keep, N: int):
 
 
 def _draw(size, keep, generator, device):
-    return torch.randperm(size, generator=generator)[:keep].sort().values.to(device)
+    """``keep`` of ``range(size)`` without replacement, sorted, drawn on the generator's device."""
+    if device.type == "meta":  # shapes only: no generator can draw meta values
+        return torch.arange(keep, device=device)
+    index = torch.randperm(size, generator=generator, device=device if generator is None else generator.device)
+    return index[:keep].sort().values.to(device)
 
 
 def sample_input(x, crs_keep, groups=1, generator=None):
@@ -113,7 +117,9 @@ def _check_indices(x_sub, indices, input_size, groups):
             raise ValueError(f"indices[{d + 1}] must be 1-d with x_sub.shape[{d + 2}]={x_sub.shape[2 + d]} entries, "
                              f"got shape {tuple(idx.shape)}")
     for d, (idx, size) in enumerate(zip(indices, (input_size[1] // groups,) + tuple(input_size[2:]))):
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        # values are checked where reading them costs no device synchronisation (and meta has none);
+        # elsewhere the one-hot scatter's own bounds check fails on a bad index
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
             raise ValueError(f"indices[{d}] must lie in [0, {size}), got values from {int(idx.min())} to {int(idx.max())}")
     if x_sub.shape[0] != input_size[0]:
         raise ValueError(f"x_sub has batch size {x_sub.shape[0]} but input_size has {input_size[0]}")

@@ -56,13 +56,11 @@ def pattern_tensor(I: int, O: int, K: int, S: int, pad_left: int, D: int, dtype=
         if cached is not None:
             _CACHE.move_to_end(key)
             return cached
-    o = torch.arange(O, device=device).view(O, 1)
-    k = torch.arange(K, device=device).view(1, K)
-    i = k * D + o * S - pad_left
-    pattern = torch.zeros(I, O, K, dtype=dtype, device=device)
-    valid = (i >= 0) & (i < I)
-    oo, kk = torch.nonzero(valid, as_tuple=True)
-    pattern[i[valid], oo, kk] = 1
+    # a comparison, not nonzero + scatter: no data-dependent shapes, so it runs on any device
+    # (meta included) without a host synchronisation
+    i = torch.arange(I, device=device).view(I, 1, 1)
+    hit = torch.arange(O, device=device).view(1, O, 1) * S + torch.arange(K, device=device).view(1, 1, K) * D - pad_left
+    pattern = (i == hit).to(dtype)
     with _LOCK:
         _CACHE[key] = pattern
         if len(_CACHE) > _CACHE_SIZE:
