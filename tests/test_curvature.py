@@ -125,12 +125,14 @@ def test_curvature_networks_round_trip_text():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda x: F.kfc(x, 3, groups=4), "groups"),
-        (lambda x: F.kfc(x, 9), "kernel_size"),
-        (lambda x: F.kfc(x[0, 0], 3), "x"),
-        (lambda x: F.kfac_reduce(x, (3, 3, 3)), "kernel_size"),
-        (lambda x: F.kfc_transpose(x, 3, output_padding=2, stride=2), "output_padding"),
-        (lambda x: F.kfac_reduce_transpose(x, 3, padding="same"), "padding"),
+        (lambda x: F.kfc(x, 3, groups=4, N=2), "groups"),
+        (lambda x: F.kfc(x, (9, 9)), "kernel_size"),
+        (lambda x: F.kfc(x[0, 0], (3, 3)), "x"),
+        (lambda x: F.kfc(x, 3), "N"),  # a batch of 2-d inputs or one 3-d input: refused, never guessed
+        (lambda x: F.kfac_reduce(x, (3, 3, 3, 3)), "x"),
+        (lambda x: F.kfac_reduce(x, (3, 3), N=3), "kernel_size"),
+        (lambda x: F.kfc_transpose(x, 3, output_padding=2, stride=2, N=2), "output_padding"),
+        (lambda x: F.kfac_reduce_transpose(x, (3, 3), padding="same"), "padding"),
         (lambda x: F.ggn_diagonal(x, (4, 5, 3, 3), torch.randn(2, 2, 4, 6, 6, dtype=DT)), "weight_size"),
         (lambda x: F.ggn_diagonal(x, (4, 6, 3, 3), torch.randn(2, 2, 4, 6, 5, dtype=DT)), "sqrt_ggn"),
         (lambda x: F.ggn_gram(x, (4, 6, 3, 3), torch.randn(2, 4, 6, 6, dtype=DT)), "sqrt_ggn"),

@@ -135,7 +135,7 @@ def test_channels_last_and_non_contiguous_inputs():
     w = torch.randn(6, 2, 3, 3, dtype=DT).to(memory_format=torch.channels_last)
     torch.testing.assert_close(F.conv(x, w, groups=2), torch.nn.functional.conv2d(x, w, groups=2))
     xt = torch.randn(2, 6, 7, 4, dtype=DT).permute(0, 3, 2, 1)
-    torch.testing.assert_close(F.kfc(xt, 2), F.kfc(xt.contiguous(), 2))
+    torch.testing.assert_close(F.kfc(xt, (2, 2)), F.kfc(xt.contiguous(), (2, 2)))
 
 
 def test_single_pixel_output_and_batch_edge_cases():
@@ -149,7 +149,7 @@ def test_single_pixel_output_and_batch_edge_cases():
 def test_results_are_deterministic():
     x, w = torch.randn(3, 4, 9, 9), torch.randn(5, 4, 3, 3)
     assert torch.equal(F.conv(x, w, padding=1), F.conv(x, w, padding=1))
-    assert torch.equal(F.kfc(x, 3), F.kfc(x, 3))
+    assert torch.equal(F.kfc(x, (3, 3)), F.kfc(x, (3, 3)))
 
 
 def test_calls_keep_no_tensors_alive():
@@ -167,5 +167,5 @@ def test_inference_mode_and_no_grad():
     with torch.inference_mode():
         a = F.weight_vjp(x, w.shape, torch.randn(2, 4, 6))
     with torch.no_grad():
-        b = F.kfac_reduce(x, 3)
+        b = F.kfac_reduce(x, (3,))
     assert a.shape == w.shape and b.shape == (1, 9, 9)

@@ -62,6 +62,9 @@ def sample_input(x, crs_keep, groups=1, generator=None):
         (torch.Size([2, 2, 6, 10]), torch.Size([2, 1]))
     """
     check_tensor(x, "x", min_ndim=3)
+    if isinstance(crs_keep, (tuple, list)) and len(crs_keep) != x.ndim - 1 and len(crs_keep) >= 2:
+        raise ValueError(f"x must be [B, C, *I] with {len(crs_keep) + 1} dimensions to match the {len(crs_keep)} entries "
+                         f"of crs_keep (channels, then each spatial axis), got shape {tuple(x.shape)}")
     if x.numel() > MAX_ELEMENTS:  # an expanded view can claim any size; the draws would not fit
         raise ValueError(f"x has {x.numel()} elements, more than MAX_ELEMENTS={MAX_ELEMENTS}; check its shape")
     N = x.ndim - 2
@@ -147,7 +150,7 @@ def sampled_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, str
         torch.Size([4, 3, 3])
     """
     input_size = check_size(input_size, "input_size")
-    weight_size = check_size(weight_size, "weight_size", len(input_size))
+    weight_size = check_size(weight_size, "weight_size")
     N, spec, O = conv_geometry(input_size, weight_size, stride, padding, dilation, groups,
                                x_name="input_size", weight_name="weight_size")
     check_tensor(x_sub, "x_sub", ndim=N + 2)
