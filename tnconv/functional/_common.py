@@ -86,23 +86,21 @@ LAYOUTS = {1: "unbatched [{c}, *{s}]", 2: "[B, {c}, *{s}]", 3: "[V, B, {c}, *{s}
 def read_layout(x, N, name="x", lead=(1, 2), channels="C", spatial="I", hint="pass N") -> int:
     """How many of ``x``'s dimensions precede the ``N`` spatial ones: 1 (unbatched), 2 (batched) or 3 (``[V, B, ...]``).
 
-    ``lead`` lists the layouts the operation accepts. With ``N`` unknown (``None``:
-    every hyper-parameter an int), ``x``'s rank decides only when exactly one
-    accepted layout has that rank; a rank that two layouts share (``[B, C, I1, I2]``
-    is a batch of 2-d inputs or one 3-d input) is a ValueError, never a guess.
+    ``lead`` lists the layouts the operation accepts. With one layout, ``N`` may be
+    ``None`` (every hyper-parameter an int) and the rank fixes it. With several,
+    ``N`` must be known: a rank alone never fixes it, since every rank fits two
+    layouts (``[B, C, I1, I2]`` is a batch of 2-d inputs or one 3-d input, and one
+    missing or extra leading dimension turns either into the other), so that is a
+    ValueError listing the readings, never a guess.
     """
     rank = x.ndim
+    if N is None and len(lead) == 1 and rank > lead[0]:
+        return lead[0]
     if N is None:
         readings = [l for l in lead if rank - l >= 1]
-        if len(readings) == 1:
-            return readings[0]
-        shape = tuple(x.shape)
-        if not readings:
-            raise ValueError(f"{name} must have at least {min(lead) + 1} dimensions ({_layouts(lead, channels, spatial)}), "
-                             f"got shape {shape}")
         options = ", or ".join(f"{LAYOUTS[l].format(c=channels, s=spatial)} with N={rank - l}" for l in readings)
-        raise ValueError(f"{name} of shape {shape} reads as {options}: its rank does not fix the number N of spatial "
-                         f"dimensions when every hyper-parameter is an int; {hint}")
+        raise ValueError(f"{name} has shape {tuple(x.shape)}" + (f", which reads as {options}" if options else "") +
+                         f": its rank does not fix the number N of spatial dimensions; {hint}")
     if rank - N not in lead:
         raise ValueError(f"{name} must be {_layouts(lead, channels, spatial, N)} for N={N} spatial dimensions, "
                          f"got shape {tuple(x.shape)}")

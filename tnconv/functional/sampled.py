@@ -23,7 +23,7 @@ from .. import diagrams, passes
 from .._args import ConvSpec, check_size, check_tensor
 from ..compiler import MAX_ELEMENTS, compile as _compile
 from ..passes.crs import keep_count
-from ._common import BACKEND, _freeze, check_grad_output, conv_geometry
+from ._common import BACKEND, _freeze, check_grad_output, conv_geometry, read_layout, spatial_dims
 
 
 def check_keep(crs_keep, N: int):
@@ -48,12 +48,13 @@ def _draw(size, keep, generator, device):
     return index[:keep].sort().values.to(device)
 
 
-def sample_input(x, crs_keep, groups=1, generator=None):
+def sample_input(x, crs_keep, groups=1, generator=None, *, N=None):
     """The sampled sub-tensor of ``x`` ``[B, C, *I]`` and the kept indices per axis.
 
     Channels are sampled within each group (the same count per group); the
     returned channel indices have shape ``[G, M_c]`` (within-group positions),
-    the spatial ones ``[M_d]``.
+    the spatial ones ``[M_d]``. ``N`` (the number of spatial axes) is the length of
+    a tuple ``crs_keep`` minus one, or ``N``, or else ``x.ndim - 2``; ``x`` is batched only.
 
     Example:
         >>> x = torch.randn(2, 4, 10, 10)
@@ -61,13 +62,15 @@ def sample_input(x, crs_keep, groups=1, generator=None):
         >>> sub.shape, idx[0].shape
         (torch.Size([2, 2, 6, 10]), torch.Size([2, 1]))
     """
-    check_tensor(x, "x", min_ndim=3)
-    if isinstance(crs_keep, (tuple, list)) and len(crs_keep) != x.ndim - 1 and len(crs_keep) >= 2:
-        raise ValueError(f"x must be [B, C, *I] with {len(crs_keep) + 1} dimensions to match the {len(crs_keep)} entries "
-                         f"of crs_keep (channels, then each spatial axis), got shape {tuple(x.shape)}")
+    check_tensor(x, "x")
+    if N is None and isinstance(crs_keep, (tuple, list)) and len(crs_keep) >= 2:
+        N = len(crs_keep) - 1
+        if x.ndim != N + 2:
+            raise ValueError(f"x must be [B, C, *I] with {N + 2} dimensions to match the {N + 1} entries of crs_keep "
+                             f"(channels, then each spatial axis), got shape {tuple(x.shape)}")
+    N = x.ndim - read_layout(x, spatial_dims(N), lead=(2,))
     if x.numel() > MAX_ELEMENTS:  # an expanded view can claim any size; the draws would not fit
         raise ValueError(f"x has {x.numel()} elements, more than MAX_ELEMENTS={MAX_ELEMENTS}; check its shape")
-    N = x.ndim - 2
     crs_keep = check_keep(crs_keep, N)
     B, C = x.shape[:2]
     if isinstance(groups, bool) or not isinstance(groups, int):
