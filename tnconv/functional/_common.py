@@ -65,18 +65,20 @@ def _batched(x, weight_ndim, name="x", weight_name="weight"):
 def spatial_dims(N, *hyper):
     """The number of spatial dimensions of an operation no weight fixes it for.
 
-    ``N`` if given, else the length of the first tuple among the hyper-parameters
-    ``hyper`` (``kernel_size``, ``stride``, ...); ``None`` when every one is an int
-    or a string, and only the input's rank is left to tell (see :func:`read_layout`).
+    ``N`` if given, else the length of the longest tuple among the hyper-parameters
+    ``hyper`` (``kernel_size``, ``stride``, ...; a 1-tuple stands for every dimension,
+    as in PyTorch); ``None`` when every one is an int or a string, and only the
+    input's rank is left to tell (see :func:`read_layout`).
     """
     if N is not None:
         if isinstance(N, bool) or not isinstance(N, int) or N < 1:
             raise ValueError(f"N must be an int >= 1 (the number of spatial dimensions), got {N!r}")
         return N
+    longest = 0
     for value in hyper:
-        if isinstance(value, (tuple, list)) and value:
-            return len(value)
-    return None
+        if isinstance(value, (tuple, list)) and len(value) > longest:
+            longest = len(value)
+    return longest or None
 
 
 #: Layouts by the number of dimensions before the spatial ones.
@@ -97,7 +99,7 @@ def read_layout(x, N, name="x", lead=(1, 2), channels="C", spatial="I", hint="pa
     if N is None and len(lead) == 1 and rank > lead[0]:
         return lead[0]
     if N is None:
-        readings = [l for l in lead if rank - l >= 1]
+        readings = sorted((l for l in lead if rank - l >= 1), key=(2, 3, 1).index)  # the batched reading first
         options = ", or ".join(f"{LAYOUTS[l].format(c=channels, s=spatial)} with N={rank - l}" for l in readings)
         raise ValueError(f"{name} has shape {tuple(x.shape)}" + (f", which reads as {options}" if options else "") +
                          f": its rank does not fix the number N of spatial dimensions; {hint}")
