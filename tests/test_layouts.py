@@ -12,6 +12,7 @@ from hypothesis import assume, given, strategies as st
 
 from tnconv import functional as F
 from tnconv import testing as T
+from tnconv.testing.calls import FORMS, functional_calls, transpose_calls
 from tnconv.testing.strategies import conv_configs, transpose_configs
 
 DT = torch.float64
@@ -118,95 +119,6 @@ def test_N_keyword_is_checked():
 # -- the rank sweep ---------------------------------------------------------------------------------------------
 
 
-def _hyper(c, form, transpose=False):
-    """``(kernel_size, hyper-parameters, {"N": N} or {}, N stated?)``: tuples (``form="tuple"``), ints with
-    ``N`` (``"N"``) or ints only (``"ints"``); tuples whenever the config's values differ between dimensions."""
-    padding = c.padding
-    kw = dict(stride=c.stride, padding=padding, dilation=c.dilation)
-    if transpose:
-        kw["output_padding"] = c.output_padding
-    uniform = all(len(set(v)) == 1 for v in kw.values() if isinstance(v, tuple) and not isinstance(v[0], tuple)) and \
-        len(set(c.kernel_size)) == 1 and not (isinstance(padding, tuple) and isinstance(padding[0], tuple))
-    if form == "tuple" or not uniform:
-        return c.kernel_size, kw, {}, True
-    ints = {k: (v[0] if isinstance(v, tuple) else v) for k, v in kw.items()}
-    return c.kernel_size[0], ints, ({"N": c.N} if form == "N" else {}), form == "N"
-
-
-def _data(c):
-    x, w = rand(*c.x_size), rand(*c.weight_size)
-    out = (c.batch, c.out_channels) + c.output_size()
-    return x, w, rand(*out)
-
-
-def make_calls(c, form, V=2):
-    """``name -> (fn, args, kwargs, sweep, squeeze, refused)`` for the config ``c``.
-
-    ``sweep`` maps an argument's position to its kind: ``"batched"`` (rank ``N + 2``
-    only), ``"unbatched"`` (also one sample, rank ``N + 1``; ``squeeze``: the result
-    loses its batch dimension then), ``"vectors"`` (that and ``[V, B, ...]``), ``"fixed"``
-    (exactly its rank, ``sqrt_ggn``), ``"size"`` (a shape tuple, exactly its length).
-    ``refused``: nothing fixes ``N`` for an operation with several layouts, so every rank is a ValueError.
-    """
-    x, w, g = _data(c)
-    conv_kw = c.kwargs()
-    K, hyper, N_kw, stated = _hyper(c, form)
-    s = rand(V, *g.shape)
-    calls = {
-        "conv": (F.conv, [x, w, rand(c.out_channels)], conv_kw, {0: "unbatched"}, True, False),
-        "weight_vjp": (F.weight_vjp, [x, tuple(w.shape), g], conv_kw, {0: "batched", 1: "size", 2: "batched"}, False, False),
-        "input_vjp": (F.input_vjp, [tuple(x.shape), w, g], conv_kw, {0: "size", 2: "batched"}, False, False),
-        "weight_jvp": (F.weight_jvp, [x, w], conv_kw, {0: "unbatched"}, True, False),
-        "input_jvp": (F.input_jvp, [x, w], conv_kw, {0: "unbatched"}, True, False),
-        "per_sample_weight_grad": (F.per_sample_weight_grad, [x, tuple(w.shape), g], conv_kw,
-                                   {0: "batched", 1: "size", 2: "batched"}, False, False),
-        "ggn_diagonal": (F.ggn_diagonal, [x, tuple(w.shape), s], conv_kw, {0: "batched", 2: "fixed"}, False, False),
-        "ggn_gram": (F.ggn_gram, [x, tuple(w.shape), s], conv_kw, {0: "batched", 2: "fixed"}, False, False),
-        "hessian_diagonal_weight": (F.hessian_diagonal_weight, [x, tuple(w.shape), g.abs()], conv_kw,
-                                    {0: "batched", 2: "batched"}, False, False),
-        "hessian_diagonal_input": (F.hessian_diagonal_input, [w, tuple(x.shape), g.abs()], conv_kw,
-                                   {1: "size", 2: "batched"}, False, False),
-        "ggn_diagonal_input": (F.ggn_diagonal_input, [w, tuple(x.shape), s], conv_kw, {1: "size", 2: "fixed"}, False,
-                               False),
-        "kfc": (F.kfc, [x, K], dict(hyper, groups=c.groups, **N_kw), {0: "unbatched"}, False, not stated),
-        "kfac_reduce": (F.kfac_reduce, [x, K], dict(hyper, groups=c.groups, **N_kw), {0: "unbatched"}, False,
-                        not stated),
-        "unfold": (F.unfold, [x, K], dict(hyper, **N_kw), {0: "unbatched"}, True, not stated),
-        "kfc_output": (F.kfc_output, [g], dict(groups=c.groups, N=c.N), {0: "vectors"}, False, False),
-        "kfac_reduce_output": (F.kfac_reduce_output, [g], dict(groups=c.groups, N=c.N), {0: "vectors"}, False, False),
-        "sample_input": (lambda x, keep, **kw: F.sample_input(x, keep, generator=torch.Generator().manual_seed(0), **kw),
-                         [x, (1.0,) + (0.5,) * c.N], dict(groups=c.groups), {0: "batched"}, False, False),
-    }
-    if c.batch * c.in_channels * max(c.output_size()) ** c.N <= 64 and c.N <= 2:
-        calls["weight_jacobian"] = (F.weight_jacobian, [x, tuple(w.shape)], conv_kw, {0: "batched"}, False, False)
-        calls["input_jacobian"] = (F.input_jacobian, [w, tuple(x.shape)], conv_kw, {1: "size"}, False, False)
-    if c.batch == 1 and c.N == 1:
-        calls["mixed_second_derivative"] = (F.mixed_second_derivative, [tuple(x.shape), tuple(w.shape)],
-                                            dict(conv_kw, dtype=DT), {0: "size", 1: "size"}, False, False)
-    # fold's N is not read from a rank: stated, or 2 as in PyTorch (so ints only where the config is 2-d)
-    y = F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)
-    fold_K, fold_hyper, fold_N, _ = _hyper(c, "tuple" if c.N != 2 and form == "ints" else form)
-    calls["fold"] = (F.fold, [y, c.input_size, fold_K], dict(fold_hyper, **fold_N), {0: "unbatched"}, True, False)
-    return calls
-
-
-def make_transpose_calls(c, form):
-    x = rand(c.batch, c.out_channels, *c.input_size)
-    w = rand(c.out_channels, c.in_channels // c.groups, *c.kernel_size)
-    K, hyper, N_kw, stated = _hyper(c, form, transpose=True)
-    convt_kw = dict(stride=c.stride, padding=c.padding, output_padding=c.output_padding, groups=c.groups,
-                    dilation=c.dilation)
-    xg = rand(c.batch, c.in_channels, *c.input_size)
-    return {
-        "conv_transpose": (F.conv_transpose, [x, w], convt_kw, {0: "unbatched"}, True, False),
-        "unfold_transpose": (F.unfold_transpose, [x, K], dict(hyper, **N_kw), {0: "unbatched"}, True, not stated),
-        "kfc_transpose": (F.kfc_transpose, [xg, K], dict(hyper, groups=c.groups, **N_kw), {0: "unbatched"}, False,
-                          not stated),
-        "kfac_reduce_transpose": (F.kfac_reduce_transpose, [xg, K], dict(hyper, groups=c.groups, **N_kw),
-                                  {0: "unbatched"}, False, not stated),
-    }
-
-
 def _ranked(value, rank):
     """``value`` with ``rank`` dimensions (entries for a shape): leading ones dropped (first sample) or added (size 1)."""
     if isinstance(value, tuple):
@@ -260,7 +172,6 @@ def _sweep(calls, names, N):
                 _check(fn, args, kwargs, position, kind, rank, squeeze, refused)
 
 
-FORMS = st.sampled_from(["tuple", "N", "ints"])
 NAMES = ["conv", "weight_vjp", "input_vjp", "weight_jvp", "input_jvp", "per_sample_weight_grad", "ggn_diagonal",
          "ggn_gram", "hessian_diagonal_weight", "hessian_diagonal_input", "ggn_diagonal_input", "kfc", "kfac_reduce",
          "unfold", "fold", "kfc_output", "kfac_reduce_output", "sample_input", "weight_jacobian", "input_jacobian",
@@ -276,16 +187,16 @@ def test_the_sweep_covers_every_functional():
 
 
 @pytest.mark.parametrize("names", [NAMES[:6], NAMES[6:11], NAMES[11:]], ids=["forward-autodiff", "second-order", "x-only"])
-@given(c=conv_configs(N=st.integers(1, 3), max_size=4, max_channels=2, max_batch=2), form=FORMS)
+@given(c=conv_configs(N=st.integers(1, 3), max_size=4, max_channels=2, max_batch=2), form=st.sampled_from(FORMS))
 def test_every_rank_gives_the_documented_result_or_a_value_error(names, c, form):
     assume(c.batch >= 1)
-    _sweep(make_calls(c, form), names, c.N)
+    _sweep(functional_calls(c, form), names, c.N)
 
 
-@given(c=transpose_configs(N=st.integers(1, 3), max_size=4), form=FORMS)
+@given(c=transpose_configs(N=st.integers(1, 3), max_size=4), form=st.sampled_from(FORMS))
 def test_every_rank_of_the_transpose_operations(c, form):
     assume(c.batch >= 1)
-    _sweep(make_transpose_calls(c, form), TRANSPOSE_NAMES, c.N)
+    _sweep(transpose_calls(c, form), TRANSPOSE_NAMES, c.N)
 
 
 def test_sampled_weight_vjp_ranks():
@@ -305,7 +216,7 @@ def test_sampled_weight_vjp_ranks():
 def test_references_of_the_swept_batched_calls():
     """The sweep compares other ranks with the batched call; here the batched calls meet their references."""
     c = T.random_config(__import__("random").Random(5), 2, max_size=6)
-    x, w, g = _data(c)
+    x, w = rand(*c.x_size), rand(*c.weight_size)
     torch.testing.assert_close(F.conv(x, w, **c.kwargs()), T.conv(x, w, **c.kwargs()))
     u = T.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)
     torch.testing.assert_close(F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride), u)
