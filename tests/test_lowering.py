@@ -7,7 +7,7 @@ from hypothesis import given, settings
 import tnconv
 from tnconv import diagrams
 from tnconv.lowering import check_lowering, cost, native, views, without_broadcasts
-from tnconv.testing.strategies import conv_configs, st
+from tnconv.testing.strategies import WIDE, conv_configs, st
 
 DT = torch.float64
 
@@ -76,6 +76,13 @@ def test_view_lowering_alone_matches_the_plain_contraction(c):
 @settings(deadline=None, max_examples=10)
 @given(conv_configs(N=st.integers(4, 5), max_size=4, max_kernel=2, max_channels=2))
 def test_lowerings_beyond_three_dimensions(c):
+    _check(c, ("native", "views"))
+
+
+@settings(deadline=None)
+@given(conv_configs(N=st.integers(1, 5), **dict(WIDE, max_pixels=128, max_channels=2)))
+def test_lowerings_of_wide_configurations(c):
+    """Large kernels, dilations and strides, padding beyond the kernel's span (outputs that see no input)."""
     _check(c, ("native", "views"))
 
 
