@@ -46,6 +46,17 @@ def test_kfc_and_kfac_reduce_match_unfold_formulas(N):
         torch.testing.assert_close(F.kfac_reduce(x, c.kernel_size, **kw), kfac_reduce_reference(u), msg=lambda m: f"{c}: {m}")
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5])
+def test_factors_with_wide_hyper_parameters(N):
+    """Kernels up to 7, dilation up to 21, stride up to 6, padding beyond the dilated kernel (patches of zeros)."""
+    for c in configs(N, 5 if N <= 3 else 2, 21, asymmetric=True, max_size=16, wide=True):
+        x = torch.randn(*c.x_size, dtype=DT)
+        u = grouped_patches(x, c)
+        kw = dict(stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups)
+        torch.testing.assert_close(F.kfc(x, c.kernel_size, **kw), kfc_reference(u), msg=lambda m: f"{c}: {m}")
+        torch.testing.assert_close(F.kfac_reduce(x, c.kernel_size, **kw), kfac_reduce_reference(u), msg=lambda m: f"{c}: {m}")
+
+
 def test_kfc_matches_torch_unfold_2d():
     x = torch.randn(4, 6, 9, 7, dtype=DT)
     u = torch.nn.functional.unfold(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1))
