@@ -72,6 +72,24 @@ def test_unbatched_inputs_match_torch(N):
     torch.testing.assert_close(F.input_jvp(x, w), TORCH_CONV[N](x, w))
 
 
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_layers_take_an_unbatched_input_like_torch(N):
+    from tnconv import nn as tnn
+
+    ours = getattr(tnn, f"Conv{N}d")(3, 4, 2, stride=2, padding=1, dtype=DT)
+    theirs = getattr(torch.nn, f"Conv{N}d")(3, 4, 2, stride=2, padding=1, dtype=DT)
+    theirs.load_state_dict(ours.state_dict())
+    x = rand(3, *(5,) * N).requires_grad_()
+    y, y_ref = ours(x), theirs(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, ours.weight, ours.bias], g),
+                    torch.autograd.grad(y_ref, [x, theirs.weight, theirs.bias], g)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="x must be"):
+        ours(x[None, None])
+
+
 def test_unbatched_unfold_and_fold_match_torch():
     x = rand(3, 6, 7)
     torch.testing.assert_close(F.unfold(x, 3, padding=1, N=2), torch.nn.functional.unfold(x, 3, padding=1))
