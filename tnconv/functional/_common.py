@@ -100,9 +100,12 @@ def read_layout(x, N, name="x", lead=(1, 2), channels="C", spatial="I", hint="pa
         return lead[0]
     if N is None:
         readings = sorted((l for l in lead if rank - l >= 1), key=(2, 3, 1).index)  # the batched reading first
+        if not readings:
+            raise ValueError(f"{name} must be {_layouts(lead, channels, spatial)} with at least one spatial dimension, "
+                             f"got shape {tuple(x.shape)}")
         options = ", or ".join(f"{LAYOUTS[l].format(c=channels, s=spatial)} with N={rank - l}" for l in readings)
-        raise ValueError(f"{name} has shape {tuple(x.shape)}" + (f", which reads as {options}" if options else "") +
-                         f": its rank does not fix the number N of spatial dimensions; {hint}")
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, which reads as {options}; the number N of spatial "
+                         f"dimensions is not given and a rank alone does not fix it: {hint}")
     if rank - N not in lead:
         raise ValueError(f"{name} must be {_layouts(lead, channels, spatial, N)} for N={N} spatial dimensions, "
                          f"got shape {tuple(x.shape)}")
