@@ -170,3 +170,28 @@ def test_pattern_sum_is_the_pattern_summed_over_its_output_leg():
         if O > 0:
             expected = pattern_tensor(I, O, K, S, P, D, dtype=DT).sum(1)
             torch.testing.assert_close(pattern_sum(I, O, K, S, P, D, dtype=DT), expected)
+
+
+def test_bfloat16_forward_avoids_the_kernel_pytorch_gets_wrong():
+    # found by the thorough profile: PyTorch's bf16 CPU forward convolution (oneDNN) returns values up to 1e32 off
+    # when the innermost output has one position and a stride > 1 (pytorch/pytorch#169688), here on one thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for N, groups, cin, cout, size, kernel, stride in [(3, 3, 3, 6, (2, 3, 3), (1, 1, 3), (1, 1, 2)),
+                                                           (3, 1, 3, 3, (5, 3, 3), (1, 1, 3), (1, 1, 2)),
+                                                           (2, 3, 9, 3, (6, 2), (1, 2), (1, 3))]:
+            for seed in range(5):
+                torch.manual_seed(seed)
+                x = torch.randn(1, cin, *size).bfloat16()
+                w = torch.randn(cout, cin // groups, *kernel).bfloat16()
+                ours = tnconv.functional.conv(x, w, stride=stride, groups=groups)
+                reference = getattr(torch.nn.functional, f"conv{N}d")(x.double(), w.double(), stride=stride, groups=groups)
+                assert ours.dtype == torch.bfloat16
+                torch.testing.assert_close(ours.double(), reference, atol=0.1, rtol=0.02)
+    finally:
+        torch.set_num_threads(threads)
+    term = tnconv.compile(diagrams.conv(N=1, kernel_size=3, stride=2)).network.terms[0]
+    template = native.match(term)
+    assert native.applicable(template, torch.float32, {"o1": 1, **{l.name: 3 for t in term.tensors for l in t.legs if l.name != "o1"}})
+    assert not native.applicable(template, torch.bfloat16, {"o1": 1, **{l.name: 3 for t in term.tensors for l in t.legs if l.name != "o1"}})

@@ -235,9 +235,21 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
                 write=write)
 
 
-def applicable(template: Optional[ConvTemplate], dtype) -> bool:
-    """Whether PyTorch has a kernel for ``template`` in ``dtype`` (N ≤ 3, floating dtypes)."""
-    return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
+def applicable(template: Optional[ConvTemplate], dtype, sizes: Optional[dict] = None) -> bool:
+    """Whether PyTorch has a kernel for ``template`` in ``dtype`` (N ≤ 3, floating dtypes), right for ``sizes``."""
+    if template is None or dtype not in NATIVE_DTYPES or len(template.spatial) > 3:
+        return False
+    return sizes is None or not _known_wrong(template, dtype, sizes)
+
+
+def _known_wrong(t: ConvTemplate, dtype, sizes: dict) -> bool:
+    """PyTorch's bfloat16 forward kernel on the CPU (oneDNN) returns wrong values when the innermost output has
+    one position and a stride > 1 (pytorch/pytorch#169688; up to 1e32 in torch 2.13): such a term takes another
+    lowering (conservatively on every device: the lowering does not know it)."""
+    if dtype is not torch.bfloat16 or t.output_role != "y" or not t.spatial:
+        return False
+    _, o, _ = t.spatial[-1]
+    return sizes[o] == 1 and t.attrs[-1]["stride"] > 1
 
 
 __all__ = ["ConvTemplate", "match", "plan", "applicable", "NATIVE_DTYPES"]
