@@ -6,6 +6,7 @@ from hypothesis import given, settings
 
 import tnconv
 from tnconv import diagrams
+from tnconv.ir.pattern import pattern_empty
 from tnconv.lowering import check_lowering, cost, native, views, without_broadcasts
 from tnconv.testing.strategies import WIDE, conv_configs, st
 
@@ -195,3 +196,25 @@ def test_bfloat16_forward_avoids_the_kernel_pytorch_gets_wrong():
     template = native.match(term)
     assert native.applicable(template, torch.float32, {"o1": 1, **{l.name: 3 for t in term.tensors for l in t.legs if l.name != "o1"}})
     assert not native.applicable(template, torch.bfloat16, {"o1": 1, **{l.name: 3 for t in term.tensors for l in t.legs if l.name != "o1"}})
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_with_a_dimension_that_sees_only_padding(dtype):
+    # found by the thorough profile: PyTorch's half-precision CPU forward convolution (oneDNN) crashes now and
+    # then (segmentation fault) when every window of a dimension lies in the padding; those terms are not lowered
+    # to it. Configurations that crashed, as (x shape, weight shape, stride, padding, dilation, groups):
+    crashed = [((3, 2, 1, 5, 4), (4, 1, 2, 2, 3), (1, 2, 1), 1, (2, 1, 1), 2),
+               ((2, 2, 1), (4, 1, 1), (2,), 1, (3,), 2),
+               ((2, 2, 1, 1), (4, 1, 3, 1), (1, 2), (2, 3), (2, 2), 2),
+               ((2, 4, 1, 5), (2, 2, 3, 3), (2, 1), (3, 1), (2, 2), 2)]
+    for x_shape, w_shape, stride, padding, dilation, groups in crashed:
+        x, w = torch.randn(x_shape).to(dtype), torch.randn(w_shape).to(dtype)
+        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        ours = tnconv.functional.conv(x, w, **kw)
+        reference = getattr(torch.nn.functional, f"conv{len(x_shape) - 2}d")(x.double(), w.double(), **kw)
+        torch.testing.assert_close(ours.double(), reference, atol=0.1, rtol=0.02)
+        f = tnconv.functional._common.compiled("conv", N=len(x_shape) - 2, groups=groups, bias=False,
+                                               **tnconv.functional._common._freeze(tnconv._args.ConvSpec.make(
+                                                   len(x_shape) - 2, w_shape[2:], stride, padding, dilation, groups)))
+        assert not any(t.plan.equation.startswith("native") for t in f._last.terms if t.plan is not None)
+    assert pattern_empty(1, 2, 1, 2, 1, 3) and not pattern_empty(5, 3, 3, 1, 0, 1)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Plan
+from ..ir.pattern import pattern_empty
 from . import views
 
 #: dtypes PyTorch's convolution kernels take on every device.
@@ -243,13 +244,21 @@ def applicable(template: Optional[ConvTemplate], dtype, sizes: Optional[dict] = 
 
 
 def _known_wrong(t: ConvTemplate, dtype, sizes: dict) -> bool:
-    """PyTorch's bfloat16 forward kernel on the CPU (oneDNN) returns wrong values when the innermost output has
-    one position and a stride > 1 (pytorch/pytorch#169688; up to 1e32 in torch 2.13): such a term takes another
-    lowering (conservatively on every device: the lowering does not know it)."""
-    if dtype is not torch.bfloat16 or t.output_role != "y" or not t.spatial:
+    """Forward convolutions PyTorch's CPU kernels (oneDNN, torch 2.13) get wrong in half precision; such a term
+    takes another lowering (on every device: the lowering does not know it).
+
+    * bfloat16, the innermost output one position long with a stride > 1: values off by up to 1e32
+      (pytorch/pytorch#169688);
+    * bfloat16 and float16, a dimension whose every window lies in the padding (the result is zero): a
+      segmentation fault now and then.
+    """
+    if dtype not in (torch.bfloat16, torch.float16) or t.output_role != "y" or not t.spatial:
         return False
     _, o, _ = t.spatial[-1]
-    return sizes[o] == 1 and t.attrs[-1]["stride"] > 1
+    if dtype is torch.bfloat16 and sizes[o] == 1 and t.attrs[-1]["stride"] > 1:
+        return True
+    return any(k is not None and pattern_empty(sizes[i], sizes[o], sizes[k], a["stride"], a["pad_left"], a["dilation"])
+               for (i, o, k), a in zip(t.spatial, t.attrs))
 
 
 __all__ = ["ConvTemplate", "match", "plan", "applicable", "NATIVE_DTYPES"]
