@@ -52,7 +52,7 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
         if absorbed:  # a sampled input, scattered back, may be a convolution again
             candidates.append(_scatter_plan(term, absorbed, sizes, dtype, plan_backend, memory_limit, lowering, cap))
         template = native.match(term)
-        if native.applicable(template, dtype, sizes):
+        if native.applicable(template, dtype):
             inputs = tuple(n for n, t in enumerate(term.tensors) if t.kind == "input")
             candidates.append((inputs, native.plan(template, sizes, output)))
     if "views" in lowering:

@@ -44,6 +44,7 @@ from . import views
 NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,15 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     padding = left if symmetric else (0,) * N
     explicit = [p for l, r in zip(reversed(left), reversed(right)) for p in (l, r)]
     Ip = I if symmetric else tuple(i + l + r for i, l, r in zip(I, left, right))
+    # PyTorch's half-precision CPU forward kernels (oneDNN, torch 2.13) go wrong on degenerate windows: off by up
+    # to 1e32 when the innermost output has one position and a stride > 1 (pytorch/pytorch#169688), garbage or NaN
+    # when the input is shorter than the dilated kernel, a segfault now and then when every window of a dimension
+    # lies in the padding. The same convolution with the padding made explicit and the stride of a one-position
+    # output set to 1 (which changes nothing) is right, so half precision runs such terms that way.
+    fragile = t.output_role == "y" and (
+        any(i < (k - 1) * d + 1 or pattern_empty(i, o, k, s, l, d) for i, o, k, s, d, l in zip(I, O, K, S, D, left))
+        or O[-1] == 1 and S[-1] > 1)
+    safe_stride = tuple(1 if o == 1 else s for s, o in zip(S, O))
 
     layouts = {  # role -> (leg order, canonical shape)
         "x": (t.batch + t.group + t.c_in + (tuple(i for i, _, _ in t.spatial) or t.flat), (Bf, Gf * Ci) + I),
@@ -209,8 +219,12 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     def run(a, b):
         ops = {first: canonical(a, *prepare[0]), second: canonical(b, *prepare[1])}
         if t.output_role == "y":
-            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
-            result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
+            if fragile and ops["x"].dtype in _HALF:
+                x = views.pad_crop(ops["x"], explicit).contiguous()
+                result = _CONV[N](x, ops["w"], None, safe_stride, 0, D, groups)
+            else:
+                x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
+                result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
         elif t.output_role == "w":
             x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             weight = x.new_empty(1).expand(layouts["w"][1])
@@ -236,29 +250,9 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
                 write=write)
 
 
-def applicable(template: Optional[ConvTemplate], dtype, sizes: Optional[dict] = None) -> bool:
-    """Whether PyTorch has a kernel for ``template`` in ``dtype`` (N ≤ 3, floating dtypes), right for ``sizes``."""
-    if template is None or dtype not in NATIVE_DTYPES or len(template.spatial) > 3:
-        return False
-    return sizes is None or not _known_wrong(template, dtype, sizes)
-
-
-def _known_wrong(t: ConvTemplate, dtype, sizes: dict) -> bool:
-    """Forward convolutions PyTorch's CPU kernels (oneDNN, torch 2.13) get wrong in half precision; such a term
-    takes another lowering (on every device: the lowering does not know it).
-
-    * bfloat16, the innermost output one position long with a stride > 1: values off by up to 1e32
-      (pytorch/pytorch#169688);
-    * bfloat16 and float16, a dimension whose every window lies in the padding (the result is zero): a
-      segmentation fault now and then.
-    """
-    if dtype not in (torch.bfloat16, torch.float16) or t.output_role != "y" or not t.spatial:
-        return False
-    _, o, _ = t.spatial[-1]
-    if dtype is torch.bfloat16 and sizes[o] == 1 and t.attrs[-1]["stride"] > 1:
-        return True
-    return any(k is not None and pattern_empty(sizes[i], sizes[o], sizes[k], a["stride"], a["pad_left"], a["dilation"])
-               for (i, o, k), a in zip(t.spatial, t.attrs))
+def applicable(template: Optional[ConvTemplate], dtype) -> bool:
+    """Whether PyTorch has a kernel for ``template`` in ``dtype`` (N ≤ 3, floating dtypes)."""
+    return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
 
 
 __all__ = ["ConvTemplate", "match", "plan", "applicable", "NATIVE_DTYPES"]
