@@ -6,6 +6,7 @@ import torch
 
 from .._args import check_same, check_size, check_tensor
 from ._common import _freeze, check_grad_output, compiled, conv_geometry
+from ._dispatch import compiling, op_hyper
 
 
 def _hyper(N, spec):
@@ -30,6 +31,8 @@ def weight_vjp(x, weight_size, grad_output, stride=1, padding=0, dilation=1, gro
     weight_size = check_size(weight_size, "weight_size", x.ndim)
     N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
     check_grad_output(grad_output, (x.shape[0], weight_size[0]) + O, x)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.conv_weight_vjp(x, list(weight_size), grad_output, *op_hyper(spec), groups)
     return compiled("weight_vjp", **_hyper(N, spec))(x=x, grad_output=grad_output)
 
 
@@ -50,6 +53,8 @@ def input_vjp(input_size, weight, grad_output, stride=1, padding=0, dilation=1, 
     input_size = check_size(input_size, "input_size", weight.ndim)
     N, spec, O = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
     check_grad_output(grad_output, (input_size[0], weight.shape[0]) + O, weight, "grad_output")
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.conv_input_vjp(list(input_size), weight, grad_output, *op_hyper(spec), groups)
     fn = compiled("input_vjp", input_size=tuple(input_size[2:]), **_hyper(N, spec))
     return fn(w=weight, grad_output=grad_output)
 

@@ -13,6 +13,25 @@ import torch
 from .._args import ConvSpec, check_same, check_tensor, ntuple
 from ._common import (_batched, _check_bias, _check_groups, _check_output, _freeze, check_transpose_output, compiled,
                       conv_geometry)
+from ._dispatch import FastPath, autocast, compiling, native_call, op_hyper
+
+_CONV, _CONV_TRANSPOSE = FastPath(), FastPath()
+_KERNELS = {1: torch.conv1d, 2: torch.conv2d, 3: torch.conv3d}
+
+
+def _runner(fn, plan, roles, shapes, N, transposed=False):
+    """What runs a repeated call: PyTorch's kernel if the compiler lowered the call to exactly that, else the plan."""
+    found = native_call(fn, plan, roles, shapes) if N in _KERNELS and not transposed else None
+    if found is not None:
+        call, _ = found
+        kernel, args = _KERNELS[N], (call.stride, call.padding, call.dilation, call.groups)
+        return lambda x, w, b: kernel(x, w, b, *args)  # PyTorch's autocast applies inside
+
+    def run(x, w, b):
+        x, w, b = autocast(x, w, b)
+        return fn(x=x, w=w, b=b) if b is not None else fn(x=x, w=w)
+
+    return run
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -34,6 +53,12 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
         >>> torch.allclose(conv(x, w, padding="same"), torch.nn.functional.conv2d(x, w, padding="same"), atol=1e-5)
         True
     """
+    hyper = (stride, padding, dilation, groups)
+    run = _CONV.get(x, weight, bias, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(x, weight, bias)
+    given = (x, weight, bias)
+    x, weight, bias = autocast(x, weight, bias)
     check_tensor(weight, "weight", min_ndim=3)
     check_tensor(x, "x")
     x, squeeze = _batched(x, weight.ndim)
@@ -41,8 +66,16 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
     N, spec, _ = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     C_out = weight.shape[0]
     _check_bias(bias, C_out, x)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        stride_, padding_, dilation_ = op_hyper(spec)
+        y = torch.ops.tnconv.conv(x, weight, bias, stride_, padding_, dilation_, groups)
+        return y.squeeze(0) if squeeze else y
     fn = compiled("conv", N=N, groups=groups, bias=bias is not None, **_freeze(spec))
-    y = fn(x=x, w=weight, b=bias) if bias is not None else fn(x=x, w=weight)
+    plan = fn.plan(**(dict(x=x, w=weight, b=bias) if bias is not None else dict(x=x, w=weight)))
+    run = _runner(fn, plan, {"x": "x", "w": "w"}, {"x": x.shape, "w": weight.shape}, N)
+    if not squeeze and all(a is b for a, b in zip(given, (x, weight, bias))):  # not autocast: the plan is of these dtypes
+        _CONV.put(x, weight, bias, hyper, run)
+    y = run(x, weight, bias)  # from the first call as in every later one
     return y.squeeze(0) if squeeze else y
 
 
@@ -60,6 +93,12 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
         >>> torch.allclose(conv_transpose(x, w, stride=2), torch.nn.functional.conv_transpose1d(x, w, stride=2), atol=1e-5)
         True
     """
+    hyper = (stride, padding, output_padding, groups, dilation)
+    run = _CONV_TRANSPOSE.get(x, weight, bias, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(x, weight, bias)
+    given = (x, weight, bias)
+    x, weight, bias = autocast(x, weight, bias)
     check_tensor(weight, "weight", min_ndim=3)
     check_tensor(x, "x")
     x, squeeze = _batched(x, weight.ndim)
@@ -80,8 +119,14 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
             raise ValueError(f"padding {spec.padding} is too large: the output of conv_transpose would be empty "
                              f"along spatial dimension {d}")
     _check_bias(bias, weight.shape[1] * groups, x)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        stride_, padding_, dilation_ = op_hyper(spec)
+        y = torch.ops.tnconv.conv_transpose(x, weight, bias, stride_, padding_, list(output_padding), dilation_, groups)
+        return y.squeeze(0) if squeeze else y
     fn = compiled("conv_transpose", N=N, groups=groups, bias=bias is not None, output_padding=output_padding, **_freeze(spec))
     y = fn(x=x, w=weight, b=bias) if bias is not None else fn(x=x, w=weight)
+    if not squeeze and all(a is b for a, b in zip(given, (x, weight, bias))):
+        _CONV_TRANSPOSE.put(x, weight, bias, hyper, _runner(fn, None, {}, {}, N, transposed=True))
     return y.squeeze(0) if squeeze else y
 
 
