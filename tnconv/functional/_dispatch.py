@@ -97,14 +97,22 @@ def op_hyper(spec) -> tuple:
 
 def plain(value) -> bool:
     """Whether ``value`` is an int, a str or a tuple of those (nested): not a bool or float
-    that would compare equal to an int in a key and so skip the validation that rejects it."""
+    that would compare equal to an int in a key and so skip the validation that rejects it.
+
+    Example:
+        >>> plain(((1, 1), (0, 2))), plain((1, True)), plain(1.0)
+        (True, False, False)
+    """
     kind = type(value)
-    if kind is int or kind is str:
-        return True
     if kind is not tuple:
-        return False
-    for v in value:
-        if type(v) is not int and not plain(v):
+        return kind is int or kind is str
+    for v in value:  # unrolled one level: hyper-parameters are ints or tuples of ints
+        kind = type(v)
+        if kind is tuple:
+            for u in v:
+                if type(u) is not int and not plain(u):
+                    return False
+        elif kind is not int and kind is not str:
             return False
     return True
 
@@ -150,8 +158,8 @@ class FastPath:
 
 def _key(a, b, c, hyper):
     return (a.shape, a.dtype, a.device, a.layout,
-            None if b is None else (b.shape, b.dtype, b.device, b.layout),
-            None if c is None else (c.shape, c.dtype, c.device, c.layout), hyper)
+            None if b is None else (b.shape, b.dtype, b.device),
+            None if c is None else (c.shape, c.dtype, c.device), hyper)
 
 
 __all__ = ["FAST_PATH_SIZE", "FastPath", "autocast", "compiling", "native_call", "op_hyper", "plain"]

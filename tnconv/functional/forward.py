@@ -24,8 +24,8 @@ def _runner(fn, plan, roles, shapes, N, transposed=False):
     found = native_call(fn, plan, roles, shapes) if N in _KERNELS and not transposed else None
     if found is not None:
         call, _ = found
-        kernel, args = _KERNELS[N], (call.stride, call.padding, call.dilation, call.groups)
-        return lambda x, w, b: kernel(x, w, b, *args)  # PyTorch's autocast applies inside
+        kernel, stride, padding, dilation, groups = _KERNELS[N], call.stride, call.padding, call.dilation, call.groups
+        return lambda x, w, b: kernel(x, w, b, stride, padding, dilation, groups)  # PyTorch's autocast applies inside
 
     def run(x, w, b):
         x, w, b = autocast(x, w, b)

@@ -280,12 +280,12 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, crs_ke
         keep = check_keep(crs_keep, weight.ndim - 2)
         if any(p < 1 for p in keep):
             return _sampled(x, weight, bias, stride, padding, dilation, groups, keep, generator)
-    if compiling():
-        return F.conv(x, weight, bias, stride, padding, dilation, groups)
     hyper = (stride, padding, dilation, groups)
-    run = _LAYER.get(x, weight, bias, hyper)
+    run = _LAYER.get(x, weight, bias, hyper)  # None under torch.compile
     if run is not None and run is not _NO_PAIR and (NATIVE_PAIR if native is None else native) and plain_autograd():
         return run(x, weight, bias)  # PyTorch's autocast applies inside
+    if run is None and compiling():
+        return F.conv(x, weight, bias, stride, padding, dilation, groups)
     x_, weight_, bias_ = autocast(x, weight, bias)
     if run is None and x_ is x and weight_ is weight and bias_ is bias and plain_autograd():
         with torch.no_grad():  # validation (once per call signature): F.conv says what is wrong

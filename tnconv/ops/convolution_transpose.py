@@ -161,12 +161,12 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
         >>> torch.allclose(y, torch.nn.functional.conv_transpose1d(x, w, stride=2, output_padding=1), atol=1e-5)
         True
     """
-    if compiling():
-        return F.conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation)
     hyper = (stride, padding, output_padding, groups, dilation)
-    run = _LAYER.get(x, weight, bias, hyper)
+    run = _LAYER.get(x, weight, bias, hyper)  # None under torch.compile
     if run is not None and run is not _NO_PAIR and (NATIVE_PAIR if native is None else native) and plain_autograd():
         return run(x, weight, bias)
+    if run is None and compiling():
+        return F.conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation)
     x_, weight_, bias_ = autocast(x, weight, bias)
     if run is None and x_ is x and weight_ is weight and bias_ is bias and plain_autograd():
         with torch.no_grad():  # validation (once per call signature): F.conv_transpose says what is wrong
