@@ -2,9 +2,11 @@
 
 :func:`conv` is what :class:`tnconv.nn.Conv2d` and its siblings call. Where it runs:
 
-* **under torch.compile**: :func:`tnconv.functional.conv`, which dispatches to the
-  custom operator ``torch.ops.tnconv.conv`` (:mod:`tnconv.ops.library`); its
-  autograd rule calls the operators of the derived VJP diagrams;
+* **under torch.compile**: the custom operator ``torch.ops.tnconv.conv``
+  (:mod:`tnconv.ops.library`), with the hyper-parameters normalized once as
+  constants and the shapes checked by its fake kernel, so dynamo traces a few
+  bytecodes per layer; its autograd rule calls the operators of the derived VJP
+  diagrams;
 * **in eager mode**: :class:`ConvFunction`, a ``torch.autograd.Function`` whose
   backward runs the derived VJP diagrams, whose ``jvp`` runs the derived JVP
   diagrams (``torch.func.jvp``, ``jacfwd``, forward-over-reverse ``hessian``), and
@@ -34,7 +36,7 @@ import torch.autograd.forward_ad as _forward_ad
 from .. import functional as F
 from .._args import ConvSpec
 from ..functional._common import _freeze
-from ..functional._dispatch import FastPath, autocast, compiling, native_call
+from ..functional._dispatch import FastPath, autocast, compiling, native_call, op_hyper
 from ..functional.sampled import check_keep, estimate_weight_vjp
 from . import library
 
@@ -280,12 +282,12 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, crs_ke
         keep = check_keep(crs_keep, weight.ndim - 2)
         if any(p < 1 for p in keep):
             return _sampled(x, weight, bias, stride, padding, dilation, groups, keep, generator)
+    if compiling():  # what dynamo traces: the custom operator, with constant hyper-parameters
+        return _traced(x, weight, bias, stride, padding, dilation, groups)
     hyper = (stride, padding, dilation, groups)
-    run = _LAYER.get(x, weight, bias, hyper)  # None under torch.compile
+    run = _LAYER.get(x, weight, bias, hyper)
     if run is not None and run is not _NO_PAIR and (NATIVE_PAIR if native is None else native) and plain_autograd():
         return run(x, weight, bias)  # PyTorch's autocast applies inside
-    if run is None and compiling():
-        return F.conv(x, weight, bias, stride, padding, dilation, groups)
     x_, weight_, bias_ = autocast(x, weight, bias)
     if run is None and x_ is x and weight_ is weight and bias_ is bias and plain_autograd():
         with torch.no_grad():  # validation (once per call signature): F.conv says what is wrong
@@ -296,6 +298,22 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, crs_ke
         if run is not _NO_PAIR and (NATIVE_PAIR if native is None else native):
             return run(x, weight, bias)  # from the first call as in every later one
     return _apply_conv(x_, weight_, bias_, stride, padding, dilation, groups)  # F.conv validates
+
+
+@torch._dynamo.assume_constant_result
+def op_arguments(kernel_size, stride, padding, dilation, groups):
+    """A convolution's stride, padding and dilation as the custom operators take them (see
+    :func:`tnconv.functional._dispatch.op_hyper`). Dynamo calls it while tracing and keeps the result
+    as a constant, so a compiled layer traces no argument handling; the operator's fake kernel
+    checks the shapes."""
+    return op_hyper(ConvSpec.make(len(kernel_size), kernel_size, stride, padding, dilation, groups))
+
+
+def _traced(x, weight, bias, stride, padding, dilation, groups):
+    stride, padding, dilation = op_arguments(tuple(weight.shape[2:]), stride, padding, dilation, groups)
+    if x.ndim == weight.ndim - 1:  # unbatched
+        return torch.ops.tnconv.conv(x.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
+    return torch.ops.tnconv.conv(x, weight, bias, stride, padding, dilation, groups)
 
 
 def _pair_runner(N, pair, groups):

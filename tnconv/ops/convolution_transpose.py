@@ -161,12 +161,12 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
         >>> torch.allclose(y, torch.nn.functional.conv_transpose1d(x, w, stride=2, output_padding=1), atol=1e-5)
         True
     """
+    if compiling():  # what dynamo traces: the custom operator, with constant hyper-parameters
+        return _traced(x, weight, bias, stride, padding, output_padding, groups, dilation)
     hyper = (stride, padding, output_padding, groups, dilation)
-    run = _LAYER.get(x, weight, bias, hyper)  # None under torch.compile
+    run = _LAYER.get(x, weight, bias, hyper)
     if run is not None and run is not _NO_PAIR and (NATIVE_PAIR if native is None else native) and plain_autograd():
         return run(x, weight, bias)
-    if run is None and compiling():
-        return F.conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation)
     x_, weight_, bias_ = autocast(x, weight, bias)
     if run is None and x_ is x and weight_ is weight and bias_ is bias and plain_autograd():
         with torch.no_grad():  # validation (once per call signature): F.conv_transpose says what is wrong
@@ -177,6 +177,26 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
         if run is not _NO_PAIR and (NATIVE_PAIR if native is None else native):
             return run(x, weight, bias)  # from the first call as in every later one
     return _apply(x_, weight_, bias_, *hyper)  # F.conv_transpose validates
+
+
+@torch._dynamo.assume_constant_result
+def op_arguments(kernel_size, stride, padding, output_padding, groups, dilation):
+    """A transpose convolution's hyper-parameters as the custom operator takes them, a constant for dynamo
+    (see :func:`tnconv.ops.convolution.op_arguments`)."""
+    N = len(kernel_size)
+    stride_, padding_, dilation_ = op_hyper(ConvSpec.make(N, kernel_size, stride, padding, dilation, groups))
+    return stride_, padding_, list(ntuple(output_padding, N, "output_padding", minimum=0)), dilation_
+
+
+def _traced(x, weight, bias, stride, padding, output_padding, groups, dilation):
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int or a tuple for conv_transpose, got {padding!r}")
+    stride, padding, output_padding, dilation = op_arguments(tuple(weight.shape[2:]), stride, padding, output_padding,
+                                                             groups, dilation)
+    if x.ndim == weight.ndim - 1:  # unbatched
+        y = torch.ops.tnconv.conv_transpose(x.unsqueeze(0), weight, bias, stride, padding, output_padding, dilation, groups)
+        return y.squeeze(0)
+    return torch.ops.tnconv.conv_transpose(x, weight, bias, stride, padding, output_padding, dilation, groups)
 
 
 def _pair_runner(N, pair, groups):

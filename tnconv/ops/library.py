@@ -40,8 +40,9 @@ import torch
 from torch import Tensor
 
 from .. import diagrams, passes
+from .._args import ConvSpec, check_same
 from ..compiler import compile as _compile
-from ..functional._common import BACKEND, compiled
+from ..functional._common import BACKEND, _check_bias, check_transpose_output, compiled, conv_geometry
 
 
 def pairs(padding: Sequence[int]):
@@ -99,6 +100,10 @@ def conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int
 
 @conv.register_fake
 def _(x, weight, bias, stride, padding, dilation, groups):
+    # the layers hand torch.compile their tensors unchecked: the checks run here, once per trace
+    check_same(x, "x", weight, "weight")
+    conv_geometry(x.shape, weight.shape, tuple(stride), pairs(padding), tuple(dilation), groups)
+    _check_bias(bias, weight.shape[0], x)
     return x.new_empty([x.shape[0], weight.shape[0]] + _conv_size(x.shape[2:], weight.shape[2:], stride, padding, dilation))
 
 
@@ -180,6 +185,13 @@ def conv_transpose(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Se
 
 @conv_transpose.register_fake
 def _(x, weight, bias, stride, padding, output_padding, dilation, groups):
+    check_same(x, "x", weight, "weight")
+    if x.ndim != weight.ndim or x.shape[1] != weight.shape[0] or weight.shape[0] % groups:
+        raise ValueError(f"x {tuple(x.shape)} and weight {tuple(weight.shape)} with groups={groups} do not fit a "
+                         "transpose convolution: x must be [B, C_in, *I] and weight [C_in, C_out/groups, *K]")
+    spec = ConvSpec.make(len(stride), tuple(weight.shape[2:]), tuple(stride), pairs(padding), tuple(dilation), groups)
+    check_transpose_output(spec, tuple(output_padding), x.shape[2:])
+    _check_bias(bias, weight.shape[1] * groups, x)
     size = _conv_transpose_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
     return x.new_empty([x.shape[0], weight.shape[1] * groups] + size)
 
