@@ -213,8 +213,9 @@ def test_jvp_and_jacfwd_match_the_plain_layer(ours, theirs, options, shape, monk
     torch.testing.assert_close(t_out, t_ref)
     assert jvps  # the derived JVP diagrams ran
     torch.testing.assert_close(jacfwd(f(layer), argnums=1)(params, x), jacfwd(f(ref), argnums=1)(params, x))
-    weight = jacfwd(lambda w: f(layer)(dict(params, weight=w), x))(params["weight"])
-    torch.testing.assert_close(weight, jacfwd(lambda w: f(ref)(dict(params, weight=w), x))(params["weight"]))
+    for name in params:  # one tangent at a time: the weight's, the bias's alone
+        jac = jacfwd(lambda p: f(layer)(dict(params, **{name: p}), x))(params[name])
+        torch.testing.assert_close(jac, jacfwd(lambda p: f(ref)(dict(params, **{name: p}), x))(params[name]))
 
 
 def test_forward_ad_dual_tensors_and_hessian_by_forward_over_reverse():

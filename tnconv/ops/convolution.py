@@ -79,7 +79,7 @@ def _bias_tangent(bias_tangent, ndim):
     return bias_tangent.view((1, -1) + (1,) * (ndim - 2))
 
 
-def _jvp(x, weight, x_tangent, w_tangent, b_tangent, input_jvp, weight_jvp):
+def _jvp(x, weight, x_tangent, w_tangent, b_tangent, input_jvp, weight_jvp, output_shape):
     """``∂y/∂x · ẋ + ∂y/∂w · ẇ + ḃ`` from the JVP callables (the derived JVP diagrams)."""
     unbatched = _unbatched(x, weight)
     if unbatched:
@@ -91,10 +91,12 @@ def _jvp(x, weight, x_tangent, w_tangent, b_tangent, input_jvp, weight_jvp):
     if w_tangent is not None:
         term = weight_jvp(x, w_tangent)
         out = term if out is None else out + term
+    if out is not None and unbatched:
+        out = out.squeeze(0)
     if b_tangent is not None:
-        term = _bias_tangent(b_tangent, x.ndim)
-        out = term.expand(x.shape[0], -1, *out.shape[2:]) if out is None else out + term
-    return out.squeeze(0) if unbatched else out
+        term = _bias_tangent(b_tangent, len(output_shape) + unbatched)[0 if unbatched else slice(None)]
+        out = term.expand(output_shape).clone() if out is None else out + term
+    return out
 
 
 class ConvFunction(torch.autograd.Function):
@@ -123,6 +125,7 @@ class ConvFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         library.conv_setup_context(ctx, inputs, output)
         ctx.save_for_forward(inputs[0], inputs[1])
+        ctx.output_shape = output.shape
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -139,7 +142,7 @@ class ConvFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         hyper = ctx.hyper
         return _jvp(x, weight, x_tangent, w_tangent, b_tangent,
-                    lambda t, w: F.input_jvp(t, w, *hyper), lambda x, t: F.weight_jvp(x, t, *hyper))
+                    lambda t, w: F.input_jvp(t, w, *hyper), lambda x, t: F.weight_jvp(x, t, *hyper), ctx.output_shape)
 
 
 class _Saved:
@@ -185,6 +188,7 @@ class SampledConvFunction(torch.autograd.Function):
         ctx.save_for_backward(x_sub, weight, *indices)
         ctx.hyper = (stride, padding, dilation, groups)
         ctx.meta = (tuple(x.shape), unbatched, bias is not None)
+        ctx.output_shape = output.shape
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -208,7 +212,7 @@ class SampledConvFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         hyper = ctx.hyper
         return _jvp(x, weight, x_tangent, w_tangent, b_tangent,
-                    lambda t, w: F.input_jvp(t, w, *hyper), lambda x, t: F.weight_jvp(x, t, *hyper))
+                    lambda t, w: F.input_jvp(t, w, *hyper), lambda x, t: F.weight_jvp(x, t, *hyper), ctx.output_shape)
 
 
 _apply_conv = _fast_apply(ConvFunction)

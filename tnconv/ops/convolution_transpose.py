@@ -18,7 +18,7 @@ from .._args import ConvSpec, ntuple
 from ..functional._common import _freeze
 from ..functional._dispatch import FastPath, autocast, compiling, native_call, op_hyper
 from . import library
-from .convolution import _bias_tangent, _fast_apply, _unbatched, plain_autograd
+from .convolution import _fast_apply, _jvp, _unbatched, plain_autograd
 
 #: Whether calls whose forward and both VJPs the compiler lowers to PyTorch's kernels run ``torch.conv_transpose*d``.
 NATIVE_PAIR = True
@@ -61,6 +61,7 @@ class ConvTransposeFunction(torch.autograd.Function):
         ctx.save_for_forward(x, weight)
         ctx.hyper = _normalized(weight, stride, padding, output_padding, groups, dilation)
         ctx.has_bias = bias is not None
+        ctx.output_shape = output.shape
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -81,16 +82,10 @@ class ConvTransposeFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_tangent, w_tangent, b_tangent, *_):
         x, weight = ctx.saved_tensors
-        unbatched = _unbatched(x, weight)
-        if unbatched:
-            x = x.unsqueeze(0)
-            x_tangent = None if x_tangent is None else x_tangent.unsqueeze(0)
-        out = library.transpose_jvp(x, weight, x_tangent, w_tangent, *ctx.hyper) \
-            if x_tangent is not None or w_tangent is not None else None
-        if b_tangent is not None:
-            term = _bias_tangent(b_tangent, x.ndim)
-            out = term.expand(_output_shape(x, weight, ctx.hyper)) if out is None else out + term
-        return out.squeeze(0) if unbatched else out
+        hyper = ctx.hyper
+        return _jvp(x, weight, x_tangent, w_tangent, b_tangent,
+                    lambda t, w: library.transpose_jvp(None, w, t, None, *hyper),
+                    lambda x, t: library.transpose_jvp(x, weight, None, t, *hyper), ctx.output_shape)
 
 
 def _output_shape(x, weight, hyper):
