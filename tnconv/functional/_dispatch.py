@@ -21,9 +21,12 @@ import torch
 FAST_PATH_SIZE = 4096
 
 
+_is_compiling = torch.compiler.is_compiling
+
+
 def compiling() -> bool:
     """Whether dynamo is tracing (``torch.compiler.is_compiling``)."""
-    return torch.compiler.is_compiling()
+    return _is_compiling()
 
 
 def autocast(x, *others):
@@ -141,10 +144,12 @@ class FastPath:
         self.runners: dict = {}
 
     def get(self, a, b, c, hyper):
-        if compiling() or not plain(hyper):
+        if _is_compiling() or not plain(hyper):
             return None
-        try:
-            return self.runners.get(_key(a, b, c, hyper))
+        try:  # the key of _key, inline: this is the hot path of every cached call
+            return self.runners.get((a.shape, a.dtype, a.device, a.layout,
+                                     None if b is None else (b.shape, b.dtype, b.device),
+                                     None if c is None else (c.shape, c.dtype, c.device), hyper))
         except AttributeError:  # not tensors: the slow path says what is wrong
             return None
 
