@@ -92,6 +92,41 @@ def native_call(compiled, plan, roles: dict, shapes: dict):
     return call, bias
 
 
+_KERNELS = {1: torch.conv1d, 2: torch.conv2d, 3: torch.conv3d}
+
+
+def plan_runner(fn):
+    """``run(x, w, b)``: the compiled network ``fn`` of a convolution-like call, under autocast as PyTorch casts."""
+    def run(x, w, b):
+        x, w, b = autocast(x, w, b)
+        return fn(x=x, w=w, b=b) if b is not None else fn(x=x, w=w)
+
+    return run
+
+
+def conv_runner(fn, x, weight, bias):
+    """What runs a convolution of these tensors' signature: PyTorch's kernel when the compiler lowered the
+    compiled diagram ``fn`` to exactly that call (bias included), else :func:`plan_runner`.
+
+    Example:
+        >>> import tnconv
+        >>> fn = tnconv.compile(tnconv.diagrams.conv(N=1, kernel_size=3))
+        >>> x, w = torch.randn(2, 3, 8), torch.randn(4, 3, 3)
+        >>> run = conv_runner(fn, x, w, None)
+        >>> torch.allclose(run(x, w, None), torch.nn.functional.conv1d(x, w), atol=1e-6)
+        True
+    """
+    N = weight.ndim - 2
+    tensors = dict(x=x, w=weight, b=bias) if bias is not None else dict(x=x, w=weight)
+    found = native_call(fn, fn.plan(**tensors), {"x": "x", "w": "w"}, {"x": x.shape, "w": weight.shape}) \
+        if N in _KERNELS and x.ndim == weight.ndim else None
+    if found is None:
+        return plan_runner(fn)
+    call = found[0]
+    kernel, stride, padding, dilation, groups = _KERNELS[N], call.stride, call.padding, call.dilation, call.groups
+    return lambda x, w, b: kernel(x, w, b, stride, padding, dilation, groups)  # PyTorch's autocast applies inside
+
+
 def op_hyper(spec) -> tuple:
     """A :class:`~tnconv._args.ConvSpec`'s stride, padding and dilation as the custom operators take them
     (lists; padding as the flattened ``(left, right)`` pairs)."""
@@ -167,4 +202,5 @@ def _key(a, b, c, hyper):
             None if c is None else (c.shape, c.dtype, c.device), hyper)
 
 
-__all__ = ["FAST_PATH_SIZE", "FastPath", "autocast", "compiling", "native_call", "op_hyper", "plain"]
+__all__ = ["FAST_PATH_SIZE", "FastPath", "autocast", "compiling", "conv_runner", "native_call", "op_hyper", "plain",
+           "plan_runner"]

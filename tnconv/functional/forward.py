@@ -13,25 +13,9 @@ import torch
 from .._args import ConvSpec, check_same, check_tensor, ntuple
 from ._common import (_batched, _check_bias, _check_groups, _check_output, _freeze, check_transpose_output, compiled,
                       conv_geometry)
-from ._dispatch import FastPath, autocast, compiling, native_call, op_hyper
+from ._dispatch import FastPath, autocast, compiling, conv_runner, op_hyper, plan_runner
 
 _CONV, _CONV_TRANSPOSE = FastPath(), FastPath()
-_KERNELS = {1: torch.conv1d, 2: torch.conv2d, 3: torch.conv3d}
-
-
-def _runner(fn, plan, roles, shapes, N, transposed=False):
-    """What runs a repeated call: PyTorch's kernel if the compiler lowered the call to exactly that, else the plan."""
-    found = native_call(fn, plan, roles, shapes) if N in _KERNELS and not transposed else None
-    if found is not None:
-        call, _ = found
-        kernel, stride, padding, dilation, groups = _KERNELS[N], call.stride, call.padding, call.dilation, call.groups
-        return lambda x, w, b: kernel(x, w, b, stride, padding, dilation, groups)  # PyTorch's autocast applies inside
-
-    def run(x, w, b):
-        x, w, b = autocast(x, w, b)
-        return fn(x=x, w=w, b=b) if b is not None else fn(x=x, w=w)
-
-    return run
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -71,8 +55,7 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
         y = torch.ops.tnconv.conv(x, weight, bias, stride_, padding_, dilation_, groups)
         return y.squeeze(0) if squeeze else y
     fn = compiled("conv", N=N, groups=groups, bias=bias is not None, **_freeze(spec))
-    plan = fn.plan(**(dict(x=x, w=weight, b=bias) if bias is not None else dict(x=x, w=weight)))
-    run = _runner(fn, plan, {"x": "x", "w": "w"}, {"x": x.shape, "w": weight.shape}, N)
+    run = conv_runner(fn, x, weight, bias)
     if not squeeze and all(a is b for a, b in zip(given, (x, weight, bias))):  # not autocast: the plan is of these dtypes
         _CONV.put(x, weight, bias, hyper, run)
     y = run(x, weight, bias)  # from the first call as in every later one
@@ -126,7 +109,7 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     fn = compiled("conv_transpose", N=N, groups=groups, bias=bias is not None, output_padding=output_padding, **_freeze(spec))
     y = fn(x=x, w=weight, b=bias) if bias is not None else fn(x=x, w=weight)
     if not squeeze and all(a is b for a, b in zip(given, (x, weight, bias))):
-        _CONV_TRANSPOSE.put(x, weight, bias, hyper, _runner(fn, None, {}, {}, N, transposed=True))
+        _CONV_TRANSPOSE.put(x, weight, bias, hyper, plan_runner(fn))
     return y.squeeze(0) if squeeze else y
 
 
