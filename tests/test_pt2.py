@@ -117,6 +117,17 @@ def test_compile_layers_beyond_pytorch_kernels_and_crs():
     torch._dynamo.reset()
 
 
+def test_export_keeps_the_custom_operators():
+    model = tnconv.nn.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
+                                                  torch.nn.ConvTranspose2d(3, 2, 2, stride=2))).eval()
+    x = torch.randn(2, 2, 6, 6)
+    exported = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert {"tnconv.conv.default", "tnconv.conv_transpose.default"} <= targets
+    torch.testing.assert_close(exported.module()(x), model(x))
+    torch._dynamo.reset()
+
+
 def test_compiled_layer_refuses_bad_input_with_the_message_of_eager_mode():
     layer = tnn.Conv2d(3, 4, 3)
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
