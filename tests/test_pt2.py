@@ -117,6 +117,24 @@ def test_compile_layers_beyond_pytorch_kernels_and_crs():
     torch._dynamo.reset()
 
 
+def test_compile_with_dynamic_shapes_is_one_graph_for_every_size():
+    torch.manual_seed(0)
+    model = tnconv.nn.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1, stride=2), torch.nn.ReLU(),
+                                                  torch.nn.ConvTranspose2d(3, 2, 2, stride=2)))
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    for size in (8, 9, 12):
+        x = torch.randn(3, 2, size, size, requires_grad=True)
+        y = compiled(x)
+        torch.testing.assert_close(y, model(x))
+        torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(model(x).sum(), x)[0])
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def test_export_keeps_the_custom_operators():
     model = tnconv.nn.convert(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
                                                   torch.nn.ConvTranspose2d(3, 2, 2, stride=2))).eval()

@@ -102,9 +102,23 @@ def conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int
 def _(x, weight, bias, stride, padding, dilation, groups):
     # the layers hand torch.compile their tensors unchecked: the checks run here, once per trace
     check_same(x, "x", weight, "weight")
-    conv_geometry(x.shape, weight.shape, tuple(stride), pairs(padding), tuple(dilation), groups)
+    if all(type(d) is int for d in x.shape):
+        conv_geometry(x.shape, weight.shape, tuple(stride), pairs(padding), tuple(dilation), groups)
+    else:  # symbolic sizes (dynamic shapes): the checks in integer arithmetic, each a guard
+        _check_symbolic(x, weight, stride, padding, dilation, groups)
     _check_bias(bias, weight.shape[0], x)
     return x.new_empty([x.shape[0], weight.shape[0]] + _conv_size(x.shape[2:], weight.shape[2:], stride, padding, dilation))
+
+
+def _check_symbolic(x, weight, stride, padding, dilation, groups):
+    if x.ndim != weight.ndim:
+        raise ValueError(f"x must have {weight.ndim} dimensions ([B, C_in, *spatial]) to match weight, got {x.ndim}")
+    if weight.shape[0] % groups or x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(f"x has {x.shape[1]} channels, but weight {tuple(weight.shape)} with groups={groups} "
+                         f"expects {weight.shape[1] * groups}")
+    for d, size in enumerate(_conv_size(x.shape[2:], weight.shape[2:], stride, padding, dilation)):
+        if size < 1:
+            raise ValueError(f"the kernel is larger than the padded input of x along spatial dimension {d}")
 
 
 @torch.library.custom_op("tnconv::conv_input_vjp", mutates_args=())
