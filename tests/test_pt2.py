@@ -39,10 +39,20 @@ def _train_step(model, x, call=None):
     return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _check_compiled(build, shape, backend, atol):
+def _close(a, b, atol, normwise):
+    if normwise:  # a relative error of the whole tensor: elements cancelling in a sum (BatchNorm's) lose digits
+        assert ((a - b).norm() / b.norm()).item() < atol
+    else:
+        torch.testing.assert_close(a, b, atol=atol, rtol=atol)
+
+
+def _check_compiled(build, shape, backend, atol, normwise=False):
     torch.manual_seed(0)
-    plain = build().train()
-    x = torch.randn(*shape)
+    plain = build().train().to(DT)  # float64: what differs is tnconv, not float32 rounding in another order
+    for module in plain.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # compiled and eager dropout draw differently
+    x = torch.randn(*shape, dtype=DT)
     converted = tnconv.nn.convert(copy.deepcopy(plain))
     torch._dynamo.reset()
     explained_plain = torch._dynamo.explain(plain)(x)
@@ -55,15 +65,19 @@ def _check_compiled(build, shape, backend, atol):
     y_ref, grads_ref = _train_step(copy.deepcopy(plain), x)
     for _ in range(2):  # the second call runs the cached graph
         y, grads = _train_step(converted, x, compiled)
-        torch.testing.assert_close(y, y_ref, atol=atol, rtol=atol)
-        for name, g in grads_ref.items():
-            torch.testing.assert_close(grads[name], g, atol=atol, rtol=atol)
+        _close(y, y_ref, atol, normwise)
+        if normwise:  # the gradient as one vector: a bias before BatchNorm has a zero gradient, all rounding
+            _close(torch.cat([grads[n].flatten() for n in grads_ref]), torch.cat([g.flatten() for g in grads_ref.values()]),
+                   atol, normwise)
+        else:
+            for name, g in grads_ref.items():
+                _close(grads[name], g, atol, normwise)
     torch._dynamo.reset()
 
 
 def test_compile_fullgraph_cnn3d_aot_eager():
     """The CI representative: a converted 3-d CNN in one graph, forward and backward through the custom operators."""
-    _check_compiled(models.cnn3d, (2, 1, 8, 8, 8), "aot_eager", 1e-5)
+    _check_compiled(models.cnn3d, (2, 1, 8, 8, 8), "aot_eager", 1e-10)
 
 
 BACKENDS = ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.skipif(
@@ -75,7 +89,8 @@ BACKENDS = ["eager", "aot_eager", pytest.param("inductor", marks=pytest.mark.ski
 @pytest.mark.parametrize("build, shape", [(models.resnet18, (2, 3, 32, 32)), (models.mobilenet_v2, (2, 3, 32, 32)),
                                           (models.cnn3d, (2, 1, 16, 16, 16))], ids=["resnet18", "mobilenet_v2", "cnn3d"])
 def test_compile_fullgraph_models(build, shape, backend):
-    _check_compiled(build, shape, backend, 1e-4)
+    # inductor reorders the plain layers' sums too (BatchNorm's): compared as whole tensors
+    _check_compiled(build, shape, backend, 1e-8, normwise=backend == "inductor")
 
 
 @pytest.mark.slow
