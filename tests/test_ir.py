@@ -22,6 +22,11 @@ BUILDERS = {
     "input_vjp": lambda N, r: diagrams.input_vjp(N=N, kernel_size=3, input_size=(7,) * N, stride=2),
     "weight_jvp": lambda N, r: diagrams.weight_jvp(N=N, kernel_size=3),
     "input_jvp": lambda N, r: diagrams.input_jvp(N=N, kernel_size=3),
+    "conv_transpose_input_vjp": lambda N, r: diagrams.conv_transpose_input_vjp(N=N, kernel_size=3, stride=2, output_padding=1,
+                                                                               groups=r.choice([1, 2])),
+    "conv_transpose_weight_vjp": lambda N, r: diagrams.conv_transpose_weight_vjp(N=N, kernel_size=2, stride=2, padding=1),
+    "conv_transpose_input_jvp": lambda N, r: diagrams.conv_transpose_input_jvp(N=N, kernel_size=3, dilation=2),
+    "conv_transpose_weight_jvp": lambda N, r: diagrams.conv_transpose_weight_jvp(N=N, kernel_size=2, groups=2),
     "per_sample_weight_grad": lambda N, r: diagrams.per_sample_weight_grad(N=N, kernel_size=2, groups=2),
     "kfc": lambda N, r: diagrams.kfc(N=N, kernel_size=2, stride=2, groups=r.choice([1, 2])),
     "kfac_reduce": lambda N, r: diagrams.kfac_reduce(N=N, kernel_size=3, padding=1, stride=2),
@@ -63,7 +68,7 @@ def test_every_public_builder_is_covered():
 def test_drawings():
     tn = diagrams.conv(N=2, kernel_size=3, bias=True)
     dot = tn.to_dot()
-    assert dot.startswith("graph tn {") and dot.count("cluster") == 2 and dot.rstrip().endswith("}")
+    assert dot.startswith('graph "conv2d" {') and dot.count('subgraph "cluster_') == 2 and dot.rstrip().endswith("}")
     g = tn.to_networkx()
     # conv term: x, pi1, pi2, w + output; bias term: b, ones_o1, ones_o2, ones_n + output
     assert g.number_of_nodes() == 10
