@@ -118,6 +118,9 @@ LAYERS = [
     (tnn.Conv2d, dict(kernel_size=3, crs_keep=(1.0, 0.5, 0.5), generator=torch.Generator().manual_seed(0)), (2, 4, 8, 8)),
     (tnn.Conv3d, dict(kernel_size=(1, 2, 3), dilation=(1, 2, 1), bias=False), (2, 4, 5, 6, 7)),
     (tnn.ConvNd, dict(kernel_size=(2, 2, 2, 2), stride=2), (1, 4, 4, 5, 4, 4)),
+    (tnn.ConvTranspose1d, dict(kernel_size=3, stride=2, output_padding=1), (2, 4, 5)),
+    (tnn.ConvTranspose2d, dict(kernel_size=(2, 3), groups=2, padding=1), (2, 4, 5, 6)),
+    (tnn.ConvTranspose3d, dict(kernel_size=2, dilation=2, bias=False), (2, 4, 3, 4, 2)),
 ]
 
 
