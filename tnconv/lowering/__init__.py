@@ -20,7 +20,7 @@ import torch
 
 from ..backends.base import Plan
 from ..ir.pattern import pattern_sum
-from . import native, views
+from . import native, square, views
 
 LOWERINGS = ("native", "views")
 
@@ -59,6 +59,11 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
         found = views.find(term)
         if found:
             candidates.append(_view_plan(term, legs, found, sizes, output, plan_backend, memory_limit))
+    if lowering:  # a Hadamard square: its half once, by its own best lowering, squared (lowering/square.py)
+        halves = square.find(term)
+        if halves:
+            candidates.append(square.plan(term, halves, sizes, lambda half: lower(
+                half, sizes, dtype, plan_backend, memory_limit, lowering, cap)))
     limits = [l for l in (memory_limit, cap) if l is not None]
     if limits:  # the backend's slicing only bounds the plain contraction
         candidates = [c for c in candidates if c[1].largest_intermediate <= min(limits)]
