@@ -14,10 +14,13 @@ from .inverse import KFACInverse
 from .kfac import KFAC
 from .preconditioner import KFACPreconditioner
 from .layers import Layer, find_layers, supported_parameters
+from .per_sample import PerSample, PerSampleResult
 from .loss import FISHER_TYPES, LossInfo, check_loss, empirical_sqrt, hessian_sqrt, output_sqrt, reduction_scale, sampled_sqrt
 
 __all__ = [
     # shared infrastructure and KFAC (owner: kfac)
     "KFAC", "KFACInverse", "KFACPreconditioner", "Capture", "Layer", "find_layers", "supported_parameters", "FISHER_TYPES", "LossInfo", "check_loss",
     "empirical_sqrt", "hessian_sqrt", "output_sqrt", "reduction_scale", "sampled_sqrt",
+    # per-sample gradients, their squared norms, the GGN diagonal (owner: model)
+    "PerSample", "PerSampleResult",
 ]
