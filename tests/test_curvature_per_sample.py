@@ -175,3 +175,25 @@ def test_bad_arguments_name_themselves():
         PerSample(nn.Sequential(nn.Conv1d(2, 4, 3)).to(DT), loss_func)(x, y)
     with pytest.raises(ValueError, match="sq_norms needs batch_l2"):
         ps(x, y).sq_norms()
+
+
+def test_kernel_taps_that_only_see_padding():
+    """A 3x3 convolution on a 1x1 input and a dilated one on 2x2 use their centre taps only: the others are computed
+    as exact zeros (cropped convolutions, padded back), the rest equals torch.func."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.ReLU(),   # 3x3 -> 2x2
+                        nn.Conv2d(4, 4, 3, padding=3, dilation=3), nn.Tanh(),  # on 2x2: only the centre tap is live
+                        nn.Conv2d(4, 3, 2, stride=2), nn.ReLU(),  # 2x2 -> 1x1
+                        nn.Conv2d(3, 5, 3, padding=1, groups=1), nn.Flatten(), nn.Linear(5, 4)).to(DT)
+    loss_func = nn.CrossEntropyLoss()
+    x, y = torch.randn(3, 2, 3, 3, dtype=DT), torch.tensor([0, 3, 1])
+    ref = reference_grad_batch(net, loss_func, x, y)
+    res = PerSample(net, loss_func)(x, y, batch_l2=True, diag_ggn=True)
+    norms = PerSample(net, loss_func)(x, y, grad_batch=False, batch_l2=True)
+    for name, value in ref.items():
+        torch.testing.assert_close(res.grad_batch[name], value, msg=name)
+        torch.testing.assert_close(norms.batch_l2[name], value.flatten(1).pow(2).sum(1), msg=name)
+    for name, value in reference_diag_ggn(net, loss_func, x, y).items():
+        torch.testing.assert_close(res.diag_ggn[name], value, msg=name)
+    assert res.grad_batch["6.weight"][..., 0, :].abs().max() == 0 and res.grad_batch["6.weight"][..., 1, 1].abs().max() > 0
+    assert res.grad_batch["2.weight"][..., 0, 0].abs().max() == 0 and res.diag_ggn["2.weight"][..., 2, 2].abs().max() == 0

@@ -5,7 +5,14 @@ returns it) and backpropagated vectors at its output: ``g`` ``[B, C_out, *O]``
 (the loss's output gradient) or ``s`` ``[V, B, C_out, *O]`` (columns of the
 loss Hessian's square root). A linear layer on ``[B, *S, d]`` inputs shares its
 weight over the positions ``S`` like a convolution with a 1x1 kernel over ``S``
-pixels, and is computed as that convolution (``[B, d]``: one pixel).
+pixels: its squared norms and GGN diagonal are that convolution's (``[B, d]``:
+one pixel); its per-sample gradients are one batched matrix product.
+
+Kernel taps that only ever see padding (a 3x3 convolution with padding 1 on a
+1x1 input: the eight outer taps, as in ResNet-18's last stage at 32x32) have
+zero gradients in every sample: the quantities are computed for the live taps
+only, with the cropped convolution (as KFAC's input factors are),
+and padded with zeros to the weight's shape.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import functional as F
+from .factors import _live_kernel as live_kernel
 from .layers import Layer
 
 
@@ -23,10 +31,31 @@ def _as_conv(layer: Layer, x: torch.Tensor, g: torch.Tensor):
     return x.reshape(B, -1, d).transpose(1, 2), g.reshape(*lead, B, -1, m).transpose(-1, -2)
 
 
-def _conv_args(layer: Layer, x: torch.Tensor, output_shape) -> dict:
+def _conv_args(layer: Layer, x: torch.Tensor, output_shape):
+    """``(weight shape, functional keyword arguments, zero padding to the full kernel or None)`` of a convolution.
+
+    For a convolution (not a transpose one) whose kernel has taps that never see
+    the input, the shape and arguments are those of the cropped convolution.
+    """
+    shape = tuple(layer.module.weight.shape)
     hyper = layer.hyper(x, torch.empty(output_shape, device="meta")) if layer.transposed else layer.hyper()
-    hyper.pop("kernel_size")
-    return hyper
+    kernel = hyper.pop("kernel_size")
+    if layer.transposed:
+        return shape, hyper, None
+    crop = live_kernel(tuple(x.shape[2:]), kernel, hyper["stride"], hyper["padding"], hyper["dilation"])
+    if crop is None:
+        return shape, hyper, None
+    cropped, slices = crop
+    hyper["padding"] = cropped["padding"]
+    pad = []
+    for (start, stop), K in zip(reversed(slices), reversed(kernel)):
+        pad += [start, K - stop]
+    return shape[:2] + cropped["kernel_size"], hyper, pad
+
+
+def _padded(t: torch.Tensor, pad) -> torch.Tensor:
+    """``t`` (live taps last) padded with zeros to the full kernel."""
+    return t if pad is None else torch.nn.functional.pad(t, pad)
 
 
 def weight_grad_batch(layer: Layer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -40,14 +69,19 @@ def weight_grad_batch(layer: Layer, x: torch.Tensor, g: torch.Tensor) -> torch.T
         >>> weight_grad_batch(layer, x, torch.randn(4, 3, 4)).shape
         torch.Size([4, 3, 2, 3])
     """
-    shape = tuple(layer.module.weight.shape)
     if layer.kind == "linear":
-        xc, gc = _as_conv(layer, x, g)
-        return F.per_sample_weight_grad(xc, shape + (1,), gc).reshape(x.shape[0], *shape)
-    hyper = _conv_args(layer, x, g.shape)
+        # Σ_s g_bs x_bsᵀ is a batched matrix product (one outer product per sample for [B, d] inputs); the 1x1
+        # convolution's diagram would run a convolution with B groups, which PyTorch's CPU kernels do one group
+        # at a time
+        B, d, m = x.shape[0], x.shape[-1], g.shape[-1]
+        rows, grads = x.reshape(B, -1, d), g.reshape(B, -1, m)
+        if rows.shape[1] == 1:
+            return grads.reshape(B, m, 1) * rows.reshape(B, 1, d)
+        return torch.bmm(grads.transpose(1, 2), rows)
+    shape, hyper, pad = _conv_args(layer, x, g.shape)
     if layer.transposed:
         return F.per_sample_weight_grad_transpose(x, shape, g, **hyper)
-    return F.per_sample_weight_grad(x, shape, g, **hyper)
+    return _padded(F.per_sample_weight_grad(x, shape, g, **hyper), pad)
 
 
 def weight_sq_norms(layer: Layer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -60,11 +94,11 @@ def weight_sq_norms(layer: Layer, x: torch.Tensor, g: torch.Tensor) -> torch.Ten
         >>> torch.allclose(weight_sq_norms(layer, x, g), (x * x).sum(1) * (g * g).sum(1))
         True
     """
-    shape = tuple(layer.module.weight.shape)
     if layer.kind == "linear":
+        shape = tuple(layer.module.weight.shape)
         xc, gc = _as_conv(layer, x, g)
         return F.per_sample_weight_grad_sq_norm(xc, shape + (1,), gc)
-    hyper = _conv_args(layer, x, g.shape)
+    shape, hyper, _ = _conv_args(layer, x, g.shape)  # dead taps add nothing to the norm
     if layer.transposed:
         return F.per_sample_weight_grad_sq_norm_transpose(x, shape, g, **hyper)
     return F.per_sample_weight_grad_sq_norm(x, shape, g, **hyper)
@@ -79,14 +113,14 @@ def weight_diag_ggn(layer: Layer, x: torch.Tensor, s: torch.Tensor) -> torch.Ten
         >>> weight_diag_ggn(layer, torch.randn(2, 4, 5, 5), torch.randn(3, 2, 6, 7, 7)).shape
         torch.Size([4, 3, 3, 3])
     """
-    shape = tuple(layer.module.weight.shape)
     if layer.kind == "linear":
+        shape = tuple(layer.module.weight.shape)
         xc, sc = _as_conv(layer, x, s)
         return F.ggn_diagonal(xc, shape + (1,), sc).reshape(shape)
-    hyper = _conv_args(layer, x, s.shape[1:])
+    shape, hyper, pad = _conv_args(layer, x, s.shape[1:])
     if layer.transposed:
         return F.ggn_diagonal_transpose(x, shape, s, **hyper)
-    return F.ggn_diagonal(x, shape, s, **hyper)
+    return _padded(F.ggn_diagonal(x, shape, s, **hyper), pad)
 
 
 def _position_sums(layer: Layer, t: torch.Tensor, lead: int) -> torch.Tensor:
