@@ -1,6 +1,8 @@
 """tnconv.curvature.PerSample against torch.func and autograd in float64: per-sample gradients (both conventions),
 their squared norms, the exact GGN diagonal, ``.grad`` from the same backward pass, and bad arguments."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -175,6 +177,17 @@ def test_bad_arguments_name_themselves():
         PerSample(nn.Sequential(nn.Conv1d(2, 4, 3)).to(DT), loss_func)(x, y)
     with pytest.raises(ValueError, match="sq_norms needs batch_l2"):
         ps(x, y).sq_norms()
+
+
+def test_batchnorm_in_training_mode_is_flagged():
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Flatten(), nn.Linear(18, 4)).to(DT)
+    x, y = data(1, nn.CrossEntropyLoss())
+    with pytest.warns(UserWarning, match=r"BatchNorm layers in training mode \(1\)"):
+        PerSample(net, nn.CrossEntropyLoss(), params=[net[0].weight])(x, y)
+    net[1].eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PerSample(net, nn.CrossEntropyLoss(), params=[net[0].weight])(x, y)
 
 
 def test_kernel_taps_that_only_see_padding():

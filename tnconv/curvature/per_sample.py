@@ -22,6 +22,7 @@ reduction's constant, :func:`~tnconv.curvature.reduction_scale`),
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -150,6 +151,14 @@ class PerSample:
         if not (grad_batch or batch_l2 or diag_ggn or grad):
             raise ValueError(f"nothing to compute: set at least one of {QUANTITIES} (or grad) to True")
         first_order = grad_batch or batch_l2
+        mixing = [name or type(m).__name__ for name, m in self.model.named_modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        if mixing and (first_order or diag_ggn):
+            warnings.warn(f"model has BatchNorm layers in training mode ({', '.join(mixing[:4])}"
+                          f"{', ...' if len(mixing) > 4 else ''}): they mix the samples of a batch, so the per-sample "
+                          "quantities are those of each sample's share of the batch's loss, not of its own loss. Put "
+                          "them in eval mode (or replace them by GroupNorm) for true per-sample quantities.",
+                          stacklevel=2)
         with torch.enable_grad(), Capture(self.layers, keep_inputs=True) as cap:
             output = self.model(inputs)
             if not isinstance(output, torch.Tensor) or output.ndim != 2:
@@ -158,11 +167,11 @@ class PerSample:
             loss = self.loss_func(output, targets)
             scale = output.shape[0] if self.convention == "opacus" and self.loss_info.reduction == "mean" else 1
             result = PerSampleResult(loss.detach(), scale=float(scale))
-            first = {}
 
             def on_grad(layer, g):
-                first[layer.name] = self._first_order(layer, cap.inputs[layer.name], g[0], scale, grad_batch,
-                                                      batch_l2)
+                for (attr, name), value in self._first_order(layer, cap.inputs[layer.name], g[0], scale,
+                                                             grad_batch, batch_l2).items():
+                    getattr(result, attr)[name] = value
 
             if grad and first_order:  # the true gradient's backward pass gives the per-sample ones on the way
                 with cap.streaming(on_grad) as fired:
@@ -188,12 +197,9 @@ class PerSample:
 
                 S = hessian_sqrt(output, self.loss_func)
                 cap.backward(output, S, callback=on_sqrt, strategy=self.strategy)
-        for layer in self.layers:
-            for attr, value in first.get(layer.name, {}).items():
-                getattr(result, attr[0])[attr[1]] = value
-        order = {name: i for i, name in enumerate(self.names)}
-        for attr in ("grad_batch", "batch_l2"):
-            setattr(result, attr, dict(sorted(getattr(result, attr).items(), key=lambda kv: order[kv[0]])))
+        # the backward pass reaches the layers in reverse: report in the order of params
+        result.grad_batch = {name: result.grad_batch[name] for name in self.names if name in result.grad_batch}
+        result.batch_l2 = {name: result.batch_l2[name] for name in self.names if name in result.batch_l2}
         if diag_ggn:
             result.diag_ggn = {name: ggn[name] for name in self.names}
         return result
