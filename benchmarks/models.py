@@ -22,6 +22,9 @@ convolutions and linear layers:
   diag_ggn=True)``; BackPACK: ``DiagGGNExact``.
 - ``kfac``: one KFAC update, expand and reduce, Monte-Carlo Fisher, against curvlinops'
   ``KFACLinearOperator`` (the method and models of ``benchmarks/kfac_models.py``).
+- ``opacus_hooks``: Opacus' own pipeline, forward and ``loss.backward()`` through
+  ``GradSampleModule``, with tnconv's convolution sampler installed
+  (``tnconv.integrations.opacus.registered()``) against Opacus' own sampler.
 
 Models: 3c3d and All-CNN-C (dropout in eval mode) and ResNet-18 at 32x32 with
 10 classes. Per-sample quantities are only defined when samples do not interact:
@@ -59,7 +62,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "models.csv"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-OPS = ("grad_batch", "batch_l2", "diag_ggn", "kfac")
+OPS = ("grad_batch", "batch_l2", "diag_ggn", "kfac", "opacus_hooks")
 
 
 def build(name: str) -> nn.Module:
@@ -150,6 +153,37 @@ def per_sample_contenders(model_name: str, op: str, batch: int, size: int):
     return fns, errors
 
 
+def opacus_contenders(model_name: str, batch: int, size: int):
+    """Opacus' ``GradSampleModule`` step with tnconv's convolution sampler and with its own."""
+    from opacus import GradSampleModule
+
+    from tnconv.integrations import opacus as tnconv_opacus
+
+    torch.manual_seed(0)
+    model = build(model_name)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(10, (batch,))
+    loss = nn.CrossEntropyLoss()
+    fns = {}
+    for name in ("tnconv", "opacus"):
+        copy_of = copy.deepcopy(model)
+        gsm = GradSampleModule(copy_of, loss_reduction="mean")
+        names = {id(p): n for n, p in copy_of.named_parameters()}
+
+        def step(gsm=gsm, names=names, ours=name == "tnconv"):
+            if ours:
+                tnconv_opacus.register()
+            try:
+                loss(gsm(x), y).backward()
+            finally:
+                tnconv_opacus.unregister()
+            out = {names[id(p)]: p.grad_sample for p in gsm.parameters() if p.requires_grad}
+            gsm.zero_grad(set_to_none=True)
+            return out
+
+        fns[name] = step
+    return fns, {"opacus": relative(fns["tnconv"](), fns["opacus"]())}
+
+
 def kfac_contenders(model_name: str, approx: str, batch: int, size: int):
     from kfac_models import contenders
 
@@ -179,8 +213,12 @@ def measure(models, ops, batch, size, repeats, threads) -> list:
     rows = []
     for model_name in models:
         for op in ops:
-            cases = [("kfac-" + a, lambda a=a: kfac_contenders(model_name, a, batch, size)) for a in ("expand", "reduce")] \
-                if op == "kfac" else [(op, lambda: per_sample_contenders(model_name, op, batch, size))]
+            if op == "kfac":
+                cases = [("kfac-" + a, lambda a=a: kfac_contenders(model_name, a, batch, size)) for a in ("expand", "reduce")]
+            elif op == "opacus_hooks":
+                cases = [(op, lambda: opacus_contenders(model_name, batch, size))]
+            else:
+                cases = [(op, lambda: per_sample_contenders(model_name, op, batch, size))]
             for label, make in cases:
                 fns, errors = make()
                 ms = time_them(fns, repeats)
