@@ -7,11 +7,32 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def test_diagram_docs_are_current():
+def _generate():
     spec = importlib.util.spec_from_file_location("generate_docs", DOCS / "generate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert (DOCS / "diagrams.md").read_text() == module.render(), "stale: run python docs/generate.py"
+    return module
+
+
+def test_diagram_docs_are_current():
+    assert (DOCS / "diagrams.md").read_text() == _generate().render(), "stale: run python docs/generate.py"
+
+
+def test_gallery_and_readme_picture_are_current():
+    # each SVG is stamped with the digest of the DOT text it was drawn from: a change to a builder, a pass
+    # or the drawing makes it stale, whatever graphviz version drew it
+    generate = _generate()
+    assert (DOCS / "gallery.md").read_text() == generate.gallery(), "stale: run python docs/generate.py"
+    shown = generate.pictures()
+    stale = [path for path, tn in shown.items() if not (DOCS / path).exists()
+             or generate.stamp_of((DOCS / path).read_text()) != generate.digest(tn.to_dot())]
+    assert not stale, f"stale pictures {stale}: run python docs/generate.py"
+    extra = {f"gallery/{p.name}" for p in (DOCS / "gallery").glob("*")} - set(shown)
+    assert not extra, f"pictures no longer generated: {sorted(extra)}"
+    gallery = (DOCS / "gallery.md").read_text()
+    assert all(f"]({path})" in gallery for path in shown if path.startswith("gallery/"))
+    readme = (DOCS.parent / "README.md").read_text()
+    assert f"](docs/{generate.README_PICTURE})" in readme
 
 
 def _public_names():

@@ -20,10 +20,18 @@ def load(name):
     return module
 
 
-def test_derivative_walkthrough(capsys):
-    assert load("derivative_walkthrough").main() < 1e-10
+def test_derivative_walkthrough(tmp_path, capsys):
+    from tnconv.ir.draw import has_graphviz
+
+    argv = ["--draw", str(tmp_path)] if has_graphviz() else []
+    assert load("derivative_walkthrough").main(argv) < 1e-10
     out = capsys.readouterr().out
-    assert "after fuse_deltas" in out and "delta" in out
+    # the pass that fused the deltas shows as a diff, the passes with nothing to do as "unchanged"
+    assert "// ---- after fuse_deltas ----\n--- before fuse_deltas" in out and "-  tensor delta_g : delta (g) (g')" in out
+    assert "// ---- after simplify ----\nunchanged" in out
+    if argv:
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "1_conv.svg", "2_jacobian.svg", "3_vjp_0_input.svg", "3_vjp_1_fuse_deltas.svg"]
 
 
 def read_csv(path):

@@ -69,7 +69,7 @@ def test_every_public_builder_is_covered():
 def test_drawings():
     tn = diagrams.conv(N=2, kernel_size=3, bias=True)
     dot = tn.to_dot()
-    assert dot.startswith("graph tn {") and dot.count("cluster") == 2 and dot.rstrip().endswith("}")
+    assert dot.startswith('graph "conv2d" {') and dot.count('subgraph "cluster_') == 2 and dot.rstrip().endswith("}")
     g = tn.to_networkx()
     # conv term: x, pi1, pi2, w + output; bias term: b, ones_o1, ones_o2, ones_n + output
     assert g.number_of_nodes() == 10

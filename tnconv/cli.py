@@ -1,15 +1,18 @@
 """The ``tnconv`` command line.
 
 ``tnconv show OP [options]`` prints an operation's diagram, the einsum the
-backend will run and its cost; ``tnconv demo`` runs the embedded end-to-end
-check against PyTorch; ``tnconv bench`` times tnconv against PyTorch on the
-layers of nine CNNs (needs the ``bench`` extra).
+backend will run and its cost (``--trace``: what each pass changed; ``--draw``:
+a picture); ``tnconv demo`` runs every operation family on layers of real CNNs,
+checked against PyTorch and timed against the standard implementation;
+``tnconv bench`` times tnconv against PyTorch on the layers of nine CNNs (needs
+the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _ints(text: str):
@@ -35,8 +38,10 @@ def _show_parser(sub):
     p.add_argument("--batch", type=int, default=8, help="batch size (for the cost)")
     p.add_argument("--channels", type=_ints, default=(16, 16), help="C_in,C_out (for the cost)")
     p.add_argument("--backend", default="cotengra")
-    p.add_argument("--draw", metavar="PATH", help="write the drawing (.dot, or .png/.svg with graphviz)")
-    p.add_argument("--trace", action="store_true", help="print the network after every pass")
+    p.add_argument("--draw", metavar="PATH",
+                   help="write the drawing of the network after the passes: .svg, .png or .pdf (graphviz), or .dot")
+    p.add_argument("--trace", action="store_true",
+                   help="print the input network, then what each pass changed (a unified diff, or 'unchanged')")
     p.add_argument("--differentiate", metavar="TENSOR", help="cut TENSOR out first (its Jacobian)")
     p.add_argument("--vjp", metavar="TENSOR", help="form the VJP with respect to TENSOR first")
     p.add_argument("--jvp", metavar="TENSOR", help="form the JVP with respect to TENSOR first")
@@ -100,10 +105,8 @@ def show(args) -> int:
     if args.jvp:
         tn = passes.jvp(tn, args.jvp, "tangent")
     compiled = compile(tn, backend=args.backend, trace=True)
-    if args.trace:
-        for name, text in compiled.trace:
-            print(f"// ---- after {name} ----" if name != "input" else "// ---- input ----")
-            print(text)
+    if args.trace:  # the input in full, then what each pass changed
+        print(compiled.trace.diff())
     else:
         print(compiled.network.to_text())
     print(f"\neinsum: {compiled.equation}")
@@ -118,7 +121,11 @@ def show(args) -> int:
     if args.draw:
         from .ir import render
 
-        print(f"drawing: {render(compiled.network, args.draw)}")
+        try:
+            print(f"drawing: {render(compiled.network, args.draw)}")
+        except RuntimeError as error:  # no graphviz, or dot failed: say so, no traceback
+            print(f"tnconv show: {error}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -126,8 +133,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tnconv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _show_parser(sub)
-    demo = sub.add_parser("demo", help="end-to-end run on embedded CNN layers, checked against PyTorch")
-    demo.add_argument("--repeats", type=int, default=21)
+    demo = sub.add_parser("demo", help="every operation family on layers of real CNNs: checked against PyTorch, "
+                                       "timed against the standard implementation, derived pass by pass, drawn")
+    demo.add_argument("--repeats", type=int, default=7, help="timed calls of each implementation (default 7)")
+    demo.add_argument("--quick", action="store_true", help="smoke run: two layers at batch 1, one timed call")
+    demo.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run (default: PyTorch's)")
+    demo.add_argument("--out", type=Path, default=None, help="folder for the drawings (default: a new temporary folder)")
+    demo.add_argument("--no-draw", action="store_true", help="do not draw (drawing needs graphviz's dot)")
     from .bench.run import add_arguments
 
     add_arguments(sub.add_parser("bench", help="time tnconv against PyTorch on the layers of nine CNNs; CSV, table, plots"))
@@ -141,7 +153,7 @@ def main(argv=None) -> int:
             return run(args)
         from .demo import run
 
-        return run(repeats=args.repeats)
+        return run(repeats=args.repeats, quick=args.quick, out=args.out, draw_pictures=not args.no_draw, threads=args.threads)
     except (ValueError, TypeError) as error:
         print(f"tnconv {args.command}: {error}", file=sys.stderr)
         return 2

@@ -128,7 +128,8 @@ class Compiled:
     Attributes:
         network: the network after the passes.
         source: the network as given.
-        trace: with ``trace=True``, ``(pass name, text)`` after every pass that ran.
+        trace: with ``trace=True``, a :class:`~tnconv.passes.Trace`: the ``(pass name, text)``
+            pairs after every pass that ran, with ``.diff()`` showing what each pass changed.
     """
 
     def __init__(self, tn, backend="cotengra", passes="default", memory_limit=None, trace=False, debug=None,
@@ -146,8 +147,7 @@ class Compiled:
         self.source = tn
         check(tn)
         self.network, recorded = run_pipeline(tn, passes, record=trace, debug=debug)
-        self.trace = [(name, text) for name, text, _ in recorded] if trace else None
-        self.trace_dots = [(name, dot) for name, _, dot in recorded] if trace else None
+        self.trace = recorded if trace else None
         self.inputs = self.network.inputs
         self.selects = {t.name for term in self.network.terms for t in term.tensors if t.kind == "select"}
         self.generator = self.network.generator
@@ -156,6 +156,11 @@ class Compiled:
         self._last = None
         self.cache_hits = 0
         self.cache_misses = 0
+
+    @property
+    def trace_dots(self):
+        """With ``trace=True``, ``(pass name, DOT text)`` after every pass (drawn on demand), else None."""
+        return self.trace.dots() if self.trace is not None else None
 
     # -- calling ---------------------------------------------------------------
     def __call__(self, **kwargs) -> torch.Tensor:
@@ -322,8 +327,10 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
         backend: ``"cotengra"`` (default), ``"opt_einsum"`` or ``"torch"``.
         passes: ``"default"``, ``None`` (no passes), or a list of pass names or callables.
         memory_limit: cap on the largest intermediate, in elements (cotengra slices to meet it).
-        trace: record the network after every pass: ``.trace`` holds ``(pass, text)``
-            pairs, ``.trace_dots`` ``(pass, DOT)`` pairs, both starting with the input.
+        trace: record the network after every pass: ``.trace`` is a :class:`~tnconv.passes.Trace`
+            of ``(pass, text)`` pairs starting with the input, whose ``.diff()`` prints a
+            unified diff per pass (``unchanged`` for a no-op); ``.trace_dots`` the
+            ``(pass, DOT)`` pairs.
         debug: check the IR's invariants before and after every pass (default:
             the environment variable ``TNCONV_DEBUG``).
         lowering: what each term may be lowered to besides the plain contraction,

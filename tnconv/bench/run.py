@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import importlib.util
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from .layers import NETS, Layer, select
 from .memory import peak_memory
 from .ops import DESCRIPTIONS, OPS, make
+from .timing import interleaved_medians
 
 #: Largest accepted ``max |tnconv - standard| / max |standard|`` in float32.
 TOLERANCE = 1e-4
@@ -97,12 +97,6 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return (ours - theirs).abs().max().item() / (scale or 1.0) if theirs.numel() else 0.0
 
 
-def _seconds(fn: Callable) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _error_row(layer: Layer, op: str, error: str, err: float = math.nan) -> Row:
     nan = math.nan
     return Row(layer.net, layer.name, layer.kind, op, layer.batch, nan, nan, nan, nan, nan, err, error)
@@ -151,18 +145,14 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
         fns = [ours, theirs] + ([ein] if ein is not None else [])
         for fn in fns:  # warm-up (tnconv: from the caches)
             fn()
-        times = {fn: [] for fn in fns}
-        for r in range(repeats):  # which goes first rotates: with two, they alternate
-            k = r % len(fns)
-            for fn in fns[k:] + fns[:k]:
-                times[fn].append(_seconds(fn))
+        medians = interleaved_medians(fns, repeats)  # which goes first rotates: with two, they alternate
         peaks = {fn: peak_memory(fn)[1] for fn in fns}
     except Exception as error:  # any failure of either implementation becomes the row's error
         return _error_row(layer, op, _message(error))
-    t_ours, t_theirs = statistics.median(times[ours]), statistics.median(times[theirs])
+    t_ours, t_theirs = medians[0], medians[1]
     extra = {}
     if ein is not None:
-        t_ein = statistics.median(times[ein])
+        t_ein = medians[2]
         extra = dict(einconv_ms=t_ein * 1e3, einconv_peak_mb=peaks[ein] / 1e6, ratio_vs_einconv=t_ours / t_ein)
     return Row(layer.net, layer.name, layer.kind, op, layer.batch, t_ours * 1e3, t_theirs * 1e3, t_ours / t_theirs,
                peaks[ours] / 1e6, peaks[theirs] / 1e6, err, einconv_max_rel_err=ein_err, einconv_skipped=skipped,

@@ -99,6 +99,22 @@ class TensorNetwork:
         output = tuple(tuple(mapping.get(leg.name, leg) for leg in axis) for axis in self.output)
         return replace(self, tensors=tensors, output=output)
 
+    def specialize(self, **sizes: int) -> "TensorNetwork":
+        """The network with size symbols replaced by ints, e.g. ``I1=8``: sizes become concrete.
+
+        The rewrites of :mod:`tnconv.passes` can then prove conditions such as
+        ``I = O·K`` that a symbolic size leaves open (the compiler gets the same
+        saving at call time, once the tensors fix the sizes).
+
+        Example:
+            >>> from tnconv import diagrams
+            >>> diagrams.conv(N=1, kernel_size=2, stride=2).specialize(I1=8).output_shape
+            (B, C_out, 4)
+        """
+        values = _size_values(sizes)
+        mapping = {name: Index(name, _subs(leg.size, values)) for name, leg in self.legs.items()}
+        return replace(self.rename_legs(mapping), scale=_subs(self.scale, values, scale=True))
+
     def fresh_name(self, base: str, taken=()) -> str:
         """A leg name starting with ``base`` that is not used yet."""
         used = set(self.legs) | set(taken)
@@ -195,6 +211,16 @@ class NetworkSum:
     def generator(self):
         return next((t.generator for t in self.terms if t.generator is not None), None)
 
+    def specialize(self, **sizes: int) -> "NetworkSum":
+        """Every term with size symbols replaced by ints (see :meth:`TensorNetwork.specialize`).
+
+        Example:
+            >>> from tnconv import diagrams
+            >>> diagrams.conv(N=1, kernel_size=3, bias=True).specialize(I1=5).output_shape
+            (B, C_out, 3)
+        """
+        return NetworkSum(tuple(term.specialize(**sizes) for term in self.terms), self.name)
+
     def to_text(self) -> str:
         from .text import network_to_text
 
@@ -220,6 +246,24 @@ class NetworkSum:
 
     def __str__(self):
         return self.to_text()
+
+
+def _size_values(sizes) -> dict:
+    from .index import size_symbol
+
+    values = {}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"size {name} must be a positive int, got {value!r}")
+        values[size_symbol(name)] = value
+    return values
+
+
+def _subs(size, values, scale=False):
+    if not isinstance(size, sympy.Basic) or not values:
+        return size
+    size = size.subs(values)
+    return size if scale else as_size(size)
 
 
 def simplify_size(size: Size) -> Size:

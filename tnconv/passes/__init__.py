@@ -13,8 +13,9 @@ from .deltas import drop_ones, fuse_deltas
 from .patterns import pattern_pairs
 from .pipeline import DEFAULT_PIPELINE, PASSES, PassError, get_pass, register, run_pipeline
 from .products import jvp, vjp
+from .trace import Trace, text_diff
 from .rewrites import dense, downsample, simplify, squeeze_trivial, swap_kernel_output
 
 __all__ = ["differentiate", "crs", "presample", "contract", "rename_apart", "vjp", "jvp", "batch", "fuse_deltas", "drop_ones", "pattern_pairs",
            "squeeze_trivial", "dense", "downsample", "simplify", "swap_kernel_output",
-           "PASSES", "DEFAULT_PIPELINE", "PassError", "register", "get_pass", "run_pipeline"]
+           "PASSES", "DEFAULT_PIPELINE", "PassError", "register", "get_pass", "run_pipeline", "Trace", "text_diff"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict
 
-from ..ir import check, to_dot
+from ..ir import check
+from .trace import Trace
 
 #: name -> pass function ``network -> network``.
 PASSES: Dict[str, Callable] = {}
@@ -43,21 +44,22 @@ def debug_enabled(debug=None) -> bool:
 
 
 def run_pipeline(tn, passes="default", record=False, debug=None):
-    """Run ``passes`` on ``tn``; returns the result and ``[(name, text, dot)]`` if ``record``.
+    """Run ``passes`` on ``tn``; returns the result and, if ``record``, a :class:`~tnconv.passes.trace.Trace`.
 
     Passes that need arguments (``differentiate``, ``vjp``, ``batch``...) are
     applied by calling them; the pipeline runs the argument-free rewrites of
-    :data:`PASSES`. The record starts with ``("input", ...)``. In debug mode
-    (``debug=True`` or ``TNCONV_DEBUG=1``) the invariant checker runs before
-    the first pass and after every pass; any failure names the pass and those
-    that ran before it.
+    :data:`PASSES`. The record starts with ``("input", ...)`` and holds the
+    network after every pass (``Trace.diff()`` shows what each one changed);
+    without ``record`` it is an empty list. In debug mode (``debug=True`` or
+    ``TNCONV_DEBUG=1``) the invariant checker runs before the first pass and
+    after every pass; any failure names the pass and those that ran before it.
 
     Example:
         >>> from tnconv import diagrams, passes
         >>> tn = passes.vjp(diagrams.conv(N=1, kernel_size=3), "w", fuse=False)
         >>> out, trace = run_pipeline(tn, ["fuse_deltas"], record=True)
-        >>> [name for name, _, _ in trace]
-        ['input', 'fuse_deltas']
+        >>> [name for name, _ in trace], trace.changed
+        (['input', 'fuse_deltas'], ['fuse_deltas'])
     """
     debug = debug_enabled(debug)
     if passes == "default":
@@ -69,7 +71,7 @@ def run_pipeline(tn, passes="default", record=False, debug=None):
     steps = [get_pass(p) for p in passes]
     if debug:
         check(tn)
-    trace = [("input", tn.to_text(), to_dot(tn))] if record else []
+    trace = Trace([("input", tn)]) if record else []
     done = []
     for name, fn in steps:
         try:
@@ -80,5 +82,5 @@ def run_pipeline(tn, passes="default", record=False, debug=None):
             raise PassError(f"pass {name!r} failed (after {done or 'no passes'}): {error}") from error
         done.append(name)
         if record:
-            trace.append((name, tn.to_text(), to_dot(tn)))
+            trace.append_network(name, tn)
     return tn, trace
