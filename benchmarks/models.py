@@ -22,9 +22,11 @@ convolutions and linear layers:
   diag_ggn=True)``; BackPACK: ``DiagGGNExact``.
 - ``kfac``: one KFAC update, expand and reduce, Monte-Carlo Fisher, against curvlinops'
   ``KFACLinearOperator`` (the method and models of ``benchmarks/kfac_models.py``).
-- ``opacus_hooks``: Opacus' own pipeline, forward and ``loss.backward()`` through
-  ``GradSampleModule``, with tnconv's convolution sampler installed
-  (``tnconv.integrations.opacus.registered()``) against Opacus' own sampler.
+- ``opacus_hooks``, ``opacus_ghost``: Opacus' own pipeline, forward and ``loss.backward()``
+  through ``GradSampleModule`` (per-sample gradients) or ``GradSampleModuleFastGradientClipping``
+  with ghost clipping (per-sample norms, the first of its two backward passes), with
+  tnconv's convolution samplers installed (``tnconv.integrations.opacus.register()``)
+  against Opacus' own.
 
 Models: 3c3d and All-CNN-C (dropout in eval mode) and ResNet-18 at 32x32 with
 10 classes. Per-sample quantities are only defined when samples do not interact:
@@ -62,7 +64,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "models.csv"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-OPS = ("grad_batch", "batch_l2", "diag_ggn", "kfac", "opacus_hooks")
+OPS = ("grad_batch", "batch_l2", "diag_ggn", "kfac", "opacus_hooks", "opacus_ghost")
 
 
 def build(name: str) -> nn.Module:
@@ -153,9 +155,10 @@ def per_sample_contenders(model_name: str, op: str, batch: int, size: int):
     return fns, errors
 
 
-def opacus_contenders(model_name: str, batch: int, size: int):
-    """Opacus' ``GradSampleModule`` step with tnconv's convolution sampler and with its own."""
+def opacus_contenders(model_name: str, mode: str, batch: int, size: int):
+    """Opacus' step (``mode`` ``"hooks"`` or ``"ghost"``) with tnconv's convolution samplers and with its own."""
     from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
     from tnconv.integrations import opacus as tnconv_opacus
 
@@ -166,17 +169,21 @@ def opacus_contenders(model_name: str, batch: int, size: int):
     fns = {}
     for name in ("tnconv", "opacus"):
         copy_of = copy.deepcopy(model)
-        gsm = GradSampleModule(copy_of, loss_reduction="mean")
+        if mode == "hooks":
+            gsm = GradSampleModule(copy_of, loss_reduction="mean")
+        else:
+            gsm = GradSampleModuleFastGradientClipping(copy_of, loss_reduction="mean", use_ghost_clipping=True)
         names = {id(p): n for n, p in copy_of.named_parameters()}
+        field = "grad_sample" if mode == "hooks" else "_norm_sample"
 
-        def step(gsm=gsm, names=names, ours=name == "tnconv"):
+        def step(gsm=gsm, names=names, field=field, ours=name == "tnconv"):
             if ours:
                 tnconv_opacus.register()
             try:
                 loss(gsm(x), y).backward()
             finally:
                 tnconv_opacus.unregister()
-            out = {names[id(p)]: p.grad_sample for p in gsm.parameters() if p.requires_grad}
+            out = {names[id(p)]: getattr(p, field) for p in gsm.parameters() if p.requires_grad}
             gsm.zero_grad(set_to_none=True)
             return out
 
@@ -215,8 +222,8 @@ def measure(models, ops, batch, size, repeats, threads) -> list:
         for op in ops:
             if op == "kfac":
                 cases = [("kfac-" + a, lambda a=a: kfac_contenders(model_name, a, batch, size)) for a in ("expand", "reduce")]
-            elif op == "opacus_hooks":
-                cases = [(op, lambda: opacus_contenders(model_name, batch, size))]
+            elif op.startswith("opacus_"):
+                cases = [(op, lambda: opacus_contenders(model_name, op.split("_")[1], batch, size))]
             else:
                 cases = [(op, lambda: per_sample_contenders(model_name, op, batch, size))]
             for label, make in cases:

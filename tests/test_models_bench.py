@@ -20,7 +20,7 @@ def test_models_quick(tmp_path, capsys):
     assert [(r["op"], r["peer"]) for r in rows] == [
         ("grad_batch", "opacus"), ("grad_batch", "backpack"), ("batch_l2", "opacus"), ("batch_l2", "backpack"),
         ("diag_ggn", "backpack"), ("kfac-expand", "curvlinops"), ("kfac-reduce", "curvlinops"),
-        ("opacus_hooks", "opacus")]
+        ("opacus_hooks", "opacus"), ("opacus_ghost", "opacus")]
     for r in rows:
         assert float(r["tnconv_ms"]) > 0 and float(r["peer_peak_mib"]) > 0
         assert float(r["max_rel_diff"]) < 1e-4  # float32, the same numbers

@@ -10,9 +10,9 @@ one pixel); its per-sample gradients are one batched matrix product.
 
 Kernel taps that only ever see padding (a 3x3 convolution with padding 1 on a
 1x1 input: the eight outer taps, as in ResNet-18's last stage at 32x32) have
-zero gradients in every sample: the quantities are computed for the live taps
-only, with the cropped convolution (as KFAC's input factors are),
-and padded with zeros to the weight's shape.
+zero gradients in every sample: the squared norms and the GGN diagonal are
+computed for the live taps only, with the cropped convolution (as KFAC's input
+factors are; the diagonal is padded with zeros to the weight's shape).
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ def _as_conv(layer: Layer, x: torch.Tensor, g: torch.Tensor):
     return x.reshape(B, -1, d).transpose(1, 2), g.reshape(*lead, B, -1, m).transpose(-1, -2)
 
 
-def _conv_args(layer: Layer, x: torch.Tensor, output_shape):
+def _conv_args(layer: Layer, x: torch.Tensor, output_shape, crop: bool = True):
     """``(weight shape, functional keyword arguments, zero padding to the full kernel or None)`` of a convolution.
 
-    For a convolution (not a transpose one) whose kernel has taps that never see
-    the input, the shape and arguments are those of the cropped convolution.
+    With ``crop``, for a convolution (not a transpose one) whose kernel has taps
+    that never see the input, the shape and arguments are those of the cropped convolution.
     """
     shape = tuple(layer.module.weight.shape)
     hyper = layer.hyper(x, torch.empty(output_shape, device="meta")) if layer.transposed else layer.hyper()
     kernel = hyper.pop("kernel_size")
-    if layer.transposed:
+    if layer.transposed or not crop:
         return shape, hyper, None
     crop = live_kernel(tuple(x.shape[2:]), kernel, hyper["stride"], hyper["padding"], hyper["dilation"])
     if crop is None:
@@ -78,10 +78,12 @@ def weight_grad_batch(layer: Layer, x: torch.Tensor, g: torch.Tensor) -> torch.T
         if rows.shape[1] == 1:
             return grads.reshape(B, m, 1) * rows.reshape(B, 1, d)
         return torch.bmm(grads.transpose(1, 2), rows)
-    shape, hyper, pad = _conv_args(layer, x, g.shape)
+    # not cropped: dead taps leave few output positions, so writing the [B, *W] result dominates, and padding a
+    # cropped one would write it twice
+    shape, hyper, _ = _conv_args(layer, x, g.shape, crop=False)
     if layer.transposed:
         return F.per_sample_weight_grad_transpose(x, shape, g, **hyper)
-    return _padded(F.per_sample_weight_grad(x, shape, g, **hyper), pad)
+    return F.per_sample_weight_grad(x, shape, g, **hyper)
 
 
 def weight_sq_norms(layer: Layer, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
