@@ -1,11 +1,12 @@
-"""Model-level curvature: Kronecker-factored (KFAC) and diagonal approximations for whole networks.
+"""Model-level curvature: Kronecker-factored (KFAC) and diagonal approximations, per-sample gradients.
 
 Built on :mod:`tnconv.functional`: hooks on a model's ``Linear``, ``Conv*d``
 and ``ConvTranspose*d`` layers (:mod:`~tnconv.curvature.layers`,
 :mod:`~tnconv.curvature.capture`) collect the inputs and the backpropagated
-factorizations of the loss Hessian (:mod:`~tnconv.curvature.loss`), and the
-functional factor operations reduce them. The scaling conventions of every
-quantity are tabulated in ``docs/curvature.md``.
+gradients or factorizations of the loss Hessian (:mod:`~tnconv.curvature.loss`),
+and the functional operations reduce them: Kronecker factors (:class:`KFAC`),
+per-sample gradients, their squared norms and the GGN diagonal (:class:`PerSample`).
+The scaling conventions of every quantity are tabulated in ``docs/curvature.md``.
 """
 
 # shared infrastructure and KFAC (owner: kfac)

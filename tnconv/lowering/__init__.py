@@ -6,6 +6,10 @@
   (:mod:`.views`) and the backend contracts what is left;
 * the plain contraction of every tensor, patterns included, by the backend.
 
+A term that is a network times a renamed copy of itself (a squared norm, a GGN
+diagonal) may also compute that half once, by its own best lowering, and
+square it (:mod:`.square`), whenever any lowering is allowed.
+
 The choice is by the FLOPs and the elements written that each plan reports
 (:func:`cost`; ties go to the earlier in that list, which never uses more memory). ``compile(..., lowering=())`` keeps only
 the plain contraction, which is what the paper's einsum formulation runs.
