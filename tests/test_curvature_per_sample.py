@@ -27,10 +27,10 @@ class SharedLinear(nn.Module):
 
 def zoo(N=2):
     """Every covered layer kind and feature: circular padding, in-place ReLU, a grouped dilated tnconv layer, a
-    strided transpose convolution with output_padding, a bias-free 1x1 convolution, a weight-shared and a plain linear
+    strided (tnconv's in 2d) transpose convolution with output_padding, a bias-free 1x1 convolution, a weight-shared and a plain linear
     layer."""
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[N]
-    tconv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[N]
+    tconv = {1: nn.ConvTranspose1d, 2: tnconv.nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[N]
     ours = {1: tnconv.nn.Conv1d, 2: tnconv.nn.Conv2d, 3: tnconv.nn.Conv3d}[N]
     return nn.Sequential(
         conv(2, 6, 3, stride=2, padding=1, padding_mode="circular"), nn.ReLU(inplace=True),

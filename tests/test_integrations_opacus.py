@@ -147,6 +147,7 @@ def test_register_restores_opacus_own_and_rejects_bad_arguments():
     assert tnconv_opacus.is_registered()
     assert registry[nn.Conv2d] is tnconv_opacus.grad_sampler and registry[tnconv.nn.Conv3d] is tnconv_opacus.grad_sampler
     assert registry[nn.ConvTranspose1d] is tnconv_opacus.grad_sampler and norms[nn.Conv1d] is tnconv_opacus.norm_sampler
+    assert registry[tnconv.nn.ConvTranspose2d] is tnconv_opacus.grad_sampler
     tnconv_opacus.unregister()
     assert not tnconv_opacus.is_registered() and registry == before and norms == before_norms
     with pytest.raises(RuntimeError):

@@ -19,6 +19,8 @@ class Plan:
         slices: how many slices the contraction is split into (1: none).
         write: elements written in all (intermediates, copies and the output);
             0 when unknown. Lowerings are chosen by ``flops`` and ``write``.
+        native: for a plan that is one PyTorch convolution kernel on its operands as
+            given, what it calls (:class:`tnconv.lowering.native.NativeCall`); else ``None``.
     """
 
     run: Callable
@@ -28,6 +30,7 @@ class Plan:
     path: tuple = ()
     slices: int = 1
     write: float = 0.0
+    native: object = None
 
     def __call__(self, *arrays):
         return self.run(*arrays)

@@ -85,7 +85,7 @@ def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups, x_na
     keyed on them; ``True`` and ``1.0`` are not plain, so they still get their errors).
     """
     args = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, x_name, weight_name)
-    if all(_plain(a) for a in args):
+    if all(_plain(a) for a in args) and not torch.compiler.is_compiling():  # dynamo traces no lru_cache
         return _cached_geometry(*args)
     return _geometry(*args)
 

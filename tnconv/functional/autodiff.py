@@ -6,6 +6,9 @@ import torch
 
 from .._args import check_same, check_size, check_tensor
 from ._common import _freeze, check_grad_output, compiled, conv_geometry
+from ._dispatch import FastPath, compiling, op_hyper
+
+_WEIGHT_VJP, _INPUT_VJP = FastPath(), FastPath()
 
 
 def _hyper(N, spec):
@@ -26,11 +29,19 @@ def weight_vjp(x, weight_size, grad_output, stride=1, padding=0, dilation=1, gro
         >>> torch.allclose(weight_vjp(x, w.shape, g), torch.nn.grad.conv1d_weight(x, w.shape, g), atol=1e-5)
         True
     """
+    hyper = (weight_size, stride, padding, dilation, groups)
+    run = _WEIGHT_VJP.get(x, grad_output, None, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(x=x, grad_output=grad_output)
     check_tensor(x, "x", min_ndim=3)
     weight_size = check_size(weight_size, "weight_size", x.ndim)
     N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
     check_grad_output(grad_output, (x.shape[0], weight_size[0]) + O, x)
-    return compiled("weight_vjp", **_hyper(N, spec))(x=x, grad_output=grad_output)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.conv_weight_vjp(x, list(weight_size), grad_output, *op_hyper(spec), groups)
+    fn = compiled("weight_vjp", **_hyper(N, spec))
+    _WEIGHT_VJP.put(x, grad_output, None, hyper, fn)
+    return fn(x=x, grad_output=grad_output)
 
 
 def input_vjp(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -46,11 +57,18 @@ def input_vjp(input_size, weight, grad_output, stride=1, padding=0, dilation=1, 
         >>> torch.allclose(input_vjp((2, 3, 8), w, g), torch.nn.grad.conv1d_input((2, 3, 8), w, g), atol=1e-5)
         True
     """
+    hyper = (input_size, stride, padding, dilation, groups)
+    run = _INPUT_VJP.get(weight, grad_output, None, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(w=weight, grad_output=grad_output)
     check_tensor(weight, "weight", min_ndim=3)
     input_size = check_size(input_size, "input_size", weight.ndim)
     N, spec, O = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
     check_grad_output(grad_output, (input_size[0], weight.shape[0]) + O, weight, "grad_output")
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.conv_input_vjp(list(input_size), weight, grad_output, *op_hyper(spec), groups)
     fn = compiled("input_vjp", input_size=tuple(input_size[2:]), **_hyper(N, spec))
+    _INPUT_VJP.put(weight, grad_output, None, hyper, fn)
     return fn(w=weight, grad_output=grad_output)
 
 

@@ -10,6 +10,7 @@ import torch
 from .._args import ConvSpec, check_size, check_tensor, ntuple
 from ._common import (_check_groups, _check_output, _freeze, check_grad_output, check_transpose_output, compiled,
                       conv_geometry)
+from ._dispatch import compiling, op_hyper
 
 
 def _factor_spec(x, kernel_size, stride, padding, dilation, groups):
@@ -40,6 +41,8 @@ def kfc(x, kernel_size, stride=1, padding=0, dilation=1, groups=1) -> torch.Tens
     """
     spec = _factor_spec(x, kernel_size, stride, padding, dilation, groups)
     _check_output(spec, x.shape[2:])
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.kfc(x, list(spec.kernel_size), *op_hyper(spec), groups)
     return compiled("kfc", N=spec.N, groups=groups, **_freeze(spec))(x=x)
 
 
@@ -57,6 +60,8 @@ def kfac_reduce(x, kernel_size, stride=1, padding=0, dilation=1, groups=1) -> to
     """
     spec = _factor_spec(x, kernel_size, stride, padding, dilation, groups)
     _check_output(spec, x.shape[2:])
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.kfac_reduce(x, list(spec.kernel_size), *op_hyper(spec), groups)
     return compiled("kfac_reduce", N=spec.N, groups=groups, **_freeze(spec))(x=x)
 
 

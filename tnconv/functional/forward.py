@@ -13,6 +13,9 @@ import torch
 from .._args import ConvSpec, check_same, check_tensor, ntuple
 from ._common import (_batched, _check_bias, _check_groups, _check_output, _freeze, check_transpose_output, compiled,
                       conv_geometry)
+from ._dispatch import FastPath, autocast, compiling, conv_runner, op_hyper, plan_runner
+
+_CONV, _CONV_TRANSPOSE = FastPath(), FastPath()
 
 
 def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -34,6 +37,12 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
         >>> torch.allclose(conv(x, w, padding="same"), torch.nn.functional.conv2d(x, w, padding="same"), atol=1e-5)
         True
     """
+    hyper = (stride, padding, dilation, groups)
+    run = _CONV.get(x, weight, bias, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(x, weight, bias)
+    given = (x, weight, bias)
+    x, weight, bias = autocast(x, weight, bias)
     check_tensor(weight, "weight", min_ndim=3)
     check_tensor(x, "x")
     x, squeeze = _batched(x, weight.ndim)
@@ -41,8 +50,15 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> tor
     N, spec, _ = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     C_out = weight.shape[0]
     _check_bias(bias, C_out, x)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        stride_, padding_, dilation_ = op_hyper(spec)
+        y = torch.ops.tnconv.conv(x, weight, bias, stride_, padding_, dilation_, groups)
+        return y.squeeze(0) if squeeze else y
     fn = compiled("conv", N=N, groups=groups, bias=bias is not None, **_freeze(spec))
-    y = fn(x=x, w=weight, b=bias) if bias is not None else fn(x=x, w=weight)
+    run = conv_runner(fn, x, weight, bias)
+    if not squeeze and all(a is b for a, b in zip(given, (x, weight, bias))):  # not autocast: the plan is of these dtypes
+        _CONV.put(x, weight, bias, hyper, run)
+    y = run(x, weight, bias)  # from the first call as in every later one
     return y.squeeze(0) if squeeze else y
 
 
@@ -60,6 +76,12 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
         >>> torch.allclose(conv_transpose(x, w, stride=2), torch.nn.functional.conv_transpose1d(x, w, stride=2), atol=1e-5)
         True
     """
+    hyper = (stride, padding, output_padding, groups, dilation)
+    run = _CONV_TRANSPOSE.get(x, weight, bias, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(x, weight, bias)
+    given = (x, weight, bias)
+    x, weight, bias = autocast(x, weight, bias)
     check_tensor(weight, "weight", min_ndim=3)
     check_tensor(x, "x")
     x, squeeze = _batched(x, weight.ndim)
@@ -80,8 +102,14 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
             raise ValueError(f"padding {spec.padding} is too large: the output of conv_transpose would be empty "
                              f"along spatial dimension {d}")
     _check_bias(bias, weight.shape[1] * groups, x)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        stride_, padding_, dilation_ = op_hyper(spec)
+        y = torch.ops.tnconv.conv_transpose(x, weight, bias, stride_, padding_, list(output_padding), dilation_, groups)
+        return y.squeeze(0) if squeeze else y
     fn = compiled("conv_transpose", N=N, groups=groups, bias=bias is not None, output_padding=output_padding, **_freeze(spec))
     y = fn(x=x, w=weight, b=bias) if bias is not None else fn(x=x, w=weight)
+    if not squeeze and all(a is b for a, b in zip(given, (x, weight, bias))):
+        _CONV_TRANSPOSE.put(x, weight, bias, hyper, plan_runner(fn))
     return y.squeeze(0) if squeeze else y
 
 

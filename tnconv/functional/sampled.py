@@ -120,9 +120,8 @@ def _check_indices(x_sub, indices, input_size, groups):
 
 
 def _one_hot(idx, size, dtype):
-    out = torch.zeros(size, idx.numel(), dtype=dtype, device=idx.device)
-    out[idx, torch.arange(idx.numel(), device=idx.device)] = 1
-    return out
+    """``[size, M]`` with a one in row ``idx[m]`` of column ``m``; a comparison, so ``vmap`` batches it."""
+    return (torch.arange(size, device=idx.device).unsqueeze(1) == idx.unsqueeze(0)).to(dtype)
 
 
 def sampled_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
@@ -147,20 +146,36 @@ def sampled_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, str
     check_tensor(x_sub, "x_sub", ndim=N + 2)
     _check_indices(x_sub, indices, input_size, groups)
     check_grad_output(grad_output, (input_size[0], weight_size[0]) + O, x_sub)
+    return estimate_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, stride, padding, dilation, groups)
+
+
+def estimate_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """:func:`sampled_weight_vjp` without checking its arguments.
+
+    Nothing here reads the indices' values in Python, so it runs under ``torch.func.vmap``
+    with indices that differ per vmapped call (``randomness="different"``).
+
+    Example:
+        >>> x, g = torch.randn(8, 3, 12), torch.randn(8, 4, 10)
+        >>> sub, idx = sample_input(x, (0.5, 1.0))
+        >>> estimate_weight_vjp(sub, idx, x.shape, (4, 3, 3), g).shape
+        torch.Size([4, 3, 3])
+    """
+    N = len(input_size) - 2
+    spec = ConvSpec.make(N, tuple(weight_size[2:]), stride, padding, dilation, groups)
     channels, spatial_idx = indices[0], indices[1:]
-    keeps = tuple(idx.numel() / size for idx, size in zip(spatial_idx, input_size[2:]))
+    keeps = tuple(idx.shape[-1] / size for idx, size in zip(spatial_idx, input_size[2:]))
     fn = _network(N, spec.kernel_size, spec.stride, spec.padding, spec.dilation, groups, keeps)
     selections = {f"crs_i{d + 1}": _one_hot(idx, size, x_sub.dtype)
                   for d, (idx, size, keep) in enumerate(zip(spatial_idx, input_size[2:], keeps)) if keep < 1}
     grad = fn(x=x_sub, grad_output=grad_output, **selections)  # [C_out, M_c, *K]
-    per_group, m_c = weight_size[1], channels.shape[1]
+    per_group, m_c = weight_size[1], channels.shape[-1]
     if m_c == per_group:
         return grad
     out_per_group = weight_size[0] // groups
-    full = torch.zeros(weight_size, dtype=grad.dtype, device=grad.device).view(groups, out_per_group, per_group, -1)
+    full = grad.new_zeros(groups, out_per_group, per_group, grad[0, 0].numel())
     index = channels.view(groups, 1, m_c, 1).expand(groups, out_per_group, m_c, full.shape[-1])
-    full.scatter_(2, index, grad.reshape(groups, out_per_group, m_c, -1) * (per_group / m_c))
-    return full.view(weight_size)
+    return full.scatter(2, index, grad.reshape(groups, out_per_group, m_c, -1) * (per_group / m_c)).view(weight_size)
 
 
 __all__ = ["sample_input", "sampled_weight_vjp"]

@@ -77,8 +77,8 @@ def conv_types(transpose: bool = False) -> tuple:
     """The module types :func:`register` installs the samplers for.
 
     PyTorch's ``Conv1d/2d/3d`` and tnconv's ``Conv1d/2d/3d/ConvNd`` (Opacus
-    looks samplers up by exact type); with ``transpose``, PyTorch's
-    ``ConvTranspose1d/2d/3d`` too.
+    looks samplers up by exact type); with ``transpose``, PyTorch's and
+    tnconv's ``ConvTranspose1d/2d/3d`` too.
 
     Example:
         >>> nn.Conv2d in conv_types(), nn.ConvTranspose2d in conv_types(transpose=True)
@@ -86,11 +86,10 @@ def conv_types(transpose: bool = False) -> tuple:
     """
     from .. import nn as tnn
 
-    types = [nn.Conv1d, nn.Conv2d, nn.Conv3d]
-    types += [t for t in (getattr(tnn, name, None) for name in ("Conv1d", "Conv2d", "Conv3d", "ConvNd"))
-              if isinstance(t, type) and t not in types]
-    if transpose:
-        types += [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d]
+    names = ["Conv1d", "Conv2d", "Conv3d"] + (["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+                                             if transpose else [])
+    types = [getattr(nn, name) for name in names]
+    types += [t for t in (getattr(tnn, name, None) for name in names + ["ConvNd"]) if isinstance(t, type)]
     return tuple(types)
 
 

@@ -64,6 +64,32 @@ class ConvTemplate:
     flat: Tuple[str, ...] = ()  # a pattern-free term: X-and-Y legs run as one spatial axis of a 1x1 kernel
 
 
+@dataclass(frozen=True)
+class NativeCall:
+    """What a native plan runs when it is exactly one PyTorch kernel call on its operands.
+
+    Set on the plan (``Plan.native``) only when nothing happens around the kernel but
+    reshapes: symmetric padding, no pre-summed axes, no permutation of an operand or the
+    result. ``shapes`` maps each role (``"x"``, ``"w"``, ``"y"``) to the shape the kernel
+    sees; an operand of exactly that shape reaches the kernel untouched.
+
+    Example:
+        >>> import torch, tnconv
+        >>> f = tnconv.compile(tnconv.diagrams.conv(N=1, kernel_size=3, padding=1))
+        >>> plan = f.plan(x=torch.randn(2, 3, 8), w=torch.randn(4, 3, 3))
+        >>> plan.terms[0].plan.native
+        NativeCall(role='y', operands=('x', 'w'), stride=(1,), padding=(1,), dilation=(1,), groups=1, shapes=(('x', (2, 3, 8)), ('w', (4, 3, 3)), ('y', (2, 4, 8))))
+    """
+
+    role: str  # what the term computes: "y" forward, "x" input VJP, "w" weight VJP
+    operands: Tuple[str, str]  # the roles of the plan's two operands, in order
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+    shapes: Tuple[Tuple[str, Tuple[int, ...]], ...]
+
+
 def match(term) -> Optional[ConvTemplate]:
     """The convolution ``term`` is, or ``None``."""
     patterns = [t for t in term.tensors if t.kind == "pattern"]
@@ -237,8 +263,36 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
         # result (aten::copy_ of its size in the profiler), which is most of what it writes. Counted, the strided
         # view with one batched product wins where it is faster: ResNet-18's last stages at 32x32, 2-4x.
         write += out_elements
+    direct = symmetric and t.spatial and not any(t.summed) and to_output is None and all(p[1] is None for p in prepare)
+    call = NativeCall(t.output_role, t.operands, S, padding, D, groups,
+                      tuple((role, layouts[role][1]) for role in "xwy")) if direct else None
     return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest,
-                write=write)
+                write=write, native=call)
+
+
+def broadcast_vector(term) -> Optional[Tuple[str, int]]:
+    """``(name, axis)`` when ``term`` is one input vector broadcast along output axis ``axis``.
+
+    That is a bias: the input's only axis carries exactly the legs of that output
+    axis, in order, every other tensor is a constant 1, and the scale is 1, so the
+    term's value at any output position is the vector's entry on that axis.
+
+    Example:
+        >>> from tnconv import diagrams
+        >>> conv, bias = diagrams.conv(N=2, kernel_size=3, bias=True).terms
+        >>> broadcast_vector(bias), broadcast_vector(conv)
+        (('b', 1), None)
+    """
+    inputs = [t for t in term.tensors if t.kind == "input"]
+    if len(inputs) != 1 or len(inputs[0].axes) != 1 or term.scale != 1:
+        return None
+    if any(t.kind != "constant" or t.attr["value"] != 1 for t in term.tensors if t is not inputs[0]):
+        return None
+    legs = tuple(leg.name for leg in inputs[0].axes[0])
+    for axis, output in enumerate(term.output):
+        if tuple(leg.name for leg in output) == legs:
+            return inputs[0].name, axis
+    return None
 
 
 def applicable(template: Optional[ConvTemplate], dtype) -> bool:
@@ -246,4 +300,4 @@ def applicable(template: Optional[ConvTemplate], dtype) -> bool:
     return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
 
 
-__all__ = ["ConvTemplate", "match", "plan", "applicable", "NATIVE_DTYPES"]
+__all__ = ["ConvTemplate", "NativeCall", "match", "plan", "applicable", "broadcast_vector", "NATIVE_DTYPES"]
