@@ -11,6 +11,12 @@ compiled network caches one plan per shape.
 from .autodiff import input_jvp, input_vjp, per_sample_weight_grad, weight_jvp, weight_vjp
 from .curvature import ggn_diagonal, ggn_gram, kfac_reduce, kfac_reduce_transpose, kfc, kfc_transpose
 from .forward import conv, conv_transpose, fold, unfold, unfold_kernel, unfold_transpose
+from .per_sample import (
+    ggn_diagonal_transpose,
+    per_sample_weight_grad_sq_norm,
+    per_sample_weight_grad_sq_norm_transpose,
+    per_sample_weight_grad_transpose,
+)
 from .sampled import sample_input, sampled_weight_vjp
 from .second_order import (
     ggn_diagonal_input,
@@ -30,4 +36,7 @@ __all__ = [
     "hessian_diagonal_weight", "hessian_diagonal_input", "ggn_diagonal_input",
     "input_jacobian", "weight_jacobian", "mixed_second_derivative", "kfc_output", "kfac_reduce_output",
     "sample_input", "sampled_weight_vjp",
+    # per-sample gradients of transpose convolutions, squared norms, GGN diagonal of a transpose convolution
+    "per_sample_weight_grad_transpose", "per_sample_weight_grad_sq_norm", "per_sample_weight_grad_sq_norm_transpose",
+    "ggn_diagonal_transpose",
 ]

@@ -6,6 +6,10 @@
   (:mod:`.views`) and the backend contracts what is left;
 * the plain contraction of every tensor, patterns included, by the backend.
 
+A term that is a network times a renamed copy of itself (a squared norm, a GGN
+diagonal) may also compute that half once, by its own best lowering, and
+square it (:mod:`.square`), whenever any lowering is allowed.
+
 The choice is by the FLOPs and the elements written that each plan reports
 (:func:`cost`; ties go to the earlier in that list, which never uses more memory). ``compile(..., lowering=())`` keeps only
 the plain contraction, which is what the paper's einsum formulation runs.
@@ -20,7 +24,7 @@ import torch
 
 from ..backends.base import Plan
 from ..ir.pattern import pattern_sum
-from . import native, views
+from . import native, square, views
 
 LOWERINGS = ("native", "views")
 
@@ -59,6 +63,11 @@ def lower(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: Sequen
         found = views.find(term)
         if found:
             candidates.append(_view_plan(term, legs, found, sizes, output, plan_backend, memory_limit))
+    if lowering:  # a Hadamard square: its half once, by its own best lowering, squared (lowering/square.py)
+        halves = square.find(term)
+        if halves:
+            candidates.append(square.plan(term, halves, sizes, lambda half: lower(
+                half, sizes, dtype, plan_backend, memory_limit, lowering, cap)))
     limits = [l for l in (memory_limit, cap) if l is not None]
     if limits:  # the backend's slicing only bounds the plain contraction
         candidates = [c for c in candidates if c[1].largest_intermediate <= min(limits)]
