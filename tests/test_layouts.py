@@ -190,11 +190,14 @@ def _sweep(calls, names, N):
                 _check(fn, args, kwargs, position, kind, rank, squeeze, refused)
 
 
-NAMES = ["conv", "weight_vjp", "input_vjp", "weight_jvp", "input_jvp", "per_sample_weight_grad", "ggn_diagonal",
+NAMES = ["conv", "weight_vjp", "input_vjp", "weight_jvp", "input_jvp", "per_sample_weight_grad",
+         "per_sample_weight_grad_sq_norm", "ggn_diagonal",
          "ggn_gram", "hessian_diagonal_weight", "hessian_diagonal_input", "ggn_diagonal_input", "kfc", "kfac_reduce",
          "unfold", "fold", "kfc_output", "kfac_reduce_output", "sample_input", "weight_jacobian", "input_jacobian",
          "mixed_second_derivative"]
-TRANSPOSE_NAMES = ["conv_transpose", "unfold_transpose", "kfc_transpose", "kfac_reduce_transpose"]
+TRANSPOSE_NAMES = ["conv_transpose", "unfold_transpose", "kfc_transpose", "kfac_reduce_transpose",
+                   "per_sample_weight_grad_transpose", "per_sample_weight_grad_sq_norm_transpose",
+                   "ggn_diagonal_transpose"]
 
 
 def test_the_sweep_covers_every_functional():
@@ -204,7 +207,7 @@ def test_the_sweep_covers_every_functional():
     assert set(F.__all__) - covered == {"sampled_weight_vjp", "unfold_kernel"}
 
 
-@pytest.mark.parametrize("names", [NAMES[:6], NAMES[6:11], NAMES[11:]], ids=["forward-autodiff", "second-order", "x-only"])
+@pytest.mark.parametrize("names", [NAMES[:7], NAMES[7:12], NAMES[12:]], ids=["forward-autodiff", "second-order", "x-only"])
 @given(c=conv_configs(N=st.integers(1, 3), max_size=4, max_channels=2, max_batch=2), form=st.sampled_from(FORMS))
 def test_every_rank_gives_the_documented_result_or_a_value_error(names, c, form):
     assume(c.batch >= 1)

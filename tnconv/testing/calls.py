@@ -103,6 +103,8 @@ def functional_calls(c: ConvConfig, form: str = "tuple", dtype=torch.float64, V:
         "weight_jvp": Call(F.weight_jvp, [x, w], kw, one, squeeze=True),
         "input_jvp": Call(F.input_jvp, [x, w], kw, one, squeeze=True),
         "per_sample_weight_grad": Call(F.per_sample_weight_grad, [x, W, g], kw, {0: "batched", 1: "size", 2: "batched"}),
+        "per_sample_weight_grad_sq_norm": Call(F.per_sample_weight_grad_sq_norm, [x, W, g], kw,
+                                               {0: "batched", 1: "size", 2: "batched"}),
         "ggn_diagonal": Call(F.ggn_diagonal, [x, W, s], kw, {0: "batched", 2: "fixed"}),
         "ggn_gram": Call(F.ggn_gram, [x, W, s], kw, {0: "batched", 2: "fixed"}),
         "hessian_diagonal_weight": Call(F.hessian_diagonal_weight, [x, W, g.abs()], kw, batched),
@@ -141,8 +143,8 @@ def transpose_calls(c: ConvConfig, form: str = "tuple", dtype=torch.float64) -> 
         >>> import random
         >>> from tnconv.testing import random_config
         >>> c = random_config(random.Random(1), N=1, allow_same=False)
-        >>> sorted(transpose_calls(c))
-        ['conv_transpose', 'kfac_reduce_transpose', 'kfc_transpose', 'unfold_transpose']
+        >>> sorted(transpose_calls(c))[:3]
+        ['conv_transpose', 'ggn_diagonal_transpose', 'kfac_reduce_transpose']
     """
     def rand(*shape):
         return torch.randn(*shape, dtype=dtype)
@@ -154,8 +156,15 @@ def transpose_calls(c: ConvConfig, form: str = "tuple", dtype=torch.float64) -> 
     kw = dict(stride=c.stride, padding=c.padding, output_padding=c.output_padding, groups=c.groups, dilation=c.dilation)
     factor = dict(hyper, groups=c.groups, **N_kw)
     one = {0: "unbatched"}
+    g = torch.randn_like(F.conv_transpose(x, w, **kw))
+    W, derived = tuple(w.shape), {0: "batched", 1: "size", 2: "batched"}
     return {
         "conv_transpose": Call(F.conv_transpose, [x, w], kw, one, squeeze=True),
+        "per_sample_weight_grad_transpose": Call(F.per_sample_weight_grad_transpose, [x, W, g], kw, derived),
+        "per_sample_weight_grad_sq_norm_transpose": Call(F.per_sample_weight_grad_sq_norm_transpose, [x, W, g], kw,
+                                                         derived),
+        "ggn_diagonal_transpose": Call(F.ggn_diagonal_transpose, [x, W, torch.randn(2, *g.shape, dtype=dtype)], kw,
+                                       {0: "batched", 2: "fixed"}),
         "unfold_transpose": Call(F.unfold_transpose, [x, K], dict(hyper, **N_kw), one, squeeze=True, refused=not stated),
         "kfc_transpose": Call(F.kfc_transpose, [xg, K], factor, one, refused=not stated),
         "kfac_reduce_transpose": Call(F.kfac_reduce_transpose, [xg, K], factor, one, refused=not stated),
