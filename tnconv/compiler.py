@@ -100,9 +100,16 @@ def _owned(value, operands) -> bool:
 
 
 def _selection(I, M, generator, dtype, device):
-    """One-hot ``[I, M]``: ``M`` of ``I`` indices without replacement, in increasing order."""
-    index = torch.randperm(I, generator=generator)[:M].sort().values.to(device)
+    """One-hot ``[I, M]``: ``M`` of ``I`` indices without replacement, in increasing order.
+
+    Drawn on the generator's device (the result's without one), so no tensor is made
+    on the CPU for another device; on ``meta`` only the shape exists.
+    """
     out = torch.zeros(I, M, dtype=dtype, device=device)
+    if device.type == "meta":
+        return out
+    index = torch.randperm(I, generator=generator, device=device if generator is None else generator.device)
+    index = index[:M].sort().values.to(device)
     out[index, torch.arange(M, device=device)] = 1
     return out
 

@@ -1,9 +1,11 @@
 """``torch.nn.functional``-style operations, each a compiled diagram.
 
 Every function takes PyTorch's arguments in PyTorch's order, works for any
-number ``N >= 1`` of spatial dimensions (inferred from the tensors), validates
-its arguments before contracting anything, and compiles its diagram once per
-hyper-parameters; the compiled network caches one plan per shape.
+number ``N >= 1`` of spatial dimensions (from the weight, a shape argument, a
+tuple hyper-parameter or the keyword ``N``; a rank alone never decides it where
+two layouts share that rank), validates the ranks and everything else before
+contracting anything, and compiles its diagram once per hyper-parameters; the
+compiled network caches one plan per shape.
 """
 
 from .autodiff import input_jvp, input_vjp, per_sample_weight_grad, weight_jvp, weight_vjp

@@ -23,7 +23,7 @@ from .. import diagrams, passes
 from .._args import ConvSpec, check_size, check_tensor
 from ..compiler import MAX_ELEMENTS, compile as _compile
 from ..passes.crs import keep_count
-from ._common import BACKEND, _freeze, check_grad_output, conv_geometry
+from ._common import BACKEND, _freeze, check_grad_output, conv_geometry, read_layout, spatial_dims
 
 
 def check_keep(crs_keep, N: int):
@@ -41,15 +41,20 @@ def check_keep(crs_keep, N: int):
 
 
 def _draw(size, keep, generator, device):
-    return torch.randperm(size, generator=generator)[:keep].sort().values.to(device)
+    """``keep`` of ``range(size)`` without replacement, sorted, drawn on the generator's device."""
+    if device.type == "meta":  # shapes only: no generator can draw meta values
+        return torch.arange(keep, device=device)
+    index = torch.randperm(size, generator=generator, device=device if generator is None else generator.device)
+    return index[:keep].sort().values.to(device)
 
 
-def sample_input(x, crs_keep, groups=1, generator=None):
+def sample_input(x, crs_keep, groups=1, generator=None, *, N=None):
     """The sampled sub-tensor of ``x`` ``[B, C, *I]`` and the kept indices per axis.
 
     Channels are sampled within each group (the same count per group); the
     returned channel indices have shape ``[G, M_c]`` (within-group positions),
-    the spatial ones ``[M_d]``.
+    the spatial ones ``[M_d]``. ``N`` (the number of spatial axes) is the length of
+    a tuple ``crs_keep`` minus one, or ``N``, or else ``x.ndim - 2``; ``x`` is batched only.
 
     Example:
         >>> x = torch.randn(2, 4, 10, 10)
@@ -57,10 +62,15 @@ def sample_input(x, crs_keep, groups=1, generator=None):
         >>> sub.shape, idx[0].shape
         (torch.Size([2, 2, 6, 10]), torch.Size([2, 1]))
     """
-    check_tensor(x, "x", min_ndim=3)
+    check_tensor(x, "x")
+    if N is None and isinstance(crs_keep, (tuple, list)) and len(crs_keep) >= 2:
+        N = len(crs_keep) - 1
+        if x.ndim != N + 2:
+            raise ValueError(f"x must be [B, C, *I] with {N + 2} dimensions to match the {N + 1} entries of crs_keep "
+                             f"(channels, then each spatial axis), got shape {tuple(x.shape)}")
+    N = x.ndim - read_layout(x, spatial_dims(N), lead=(2,))
     if x.numel() > MAX_ELEMENTS:  # an expanded view can claim any size; the draws would not fit
         raise ValueError(f"x has {x.numel()} elements, more than MAX_ELEMENTS={MAX_ELEMENTS}; check its shape")
-    N = x.ndim - 2
     crs_keep = check_keep(crs_keep, N)
     B, C = x.shape[:2]
     if isinstance(groups, bool) or not isinstance(groups, int):
@@ -113,7 +123,9 @@ def _check_indices(x_sub, indices, input_size, groups):
             raise ValueError(f"indices[{d + 1}] must be 1-d with x_sub.shape[{d + 2}]={x_sub.shape[2 + d]} entries, "
                              f"got shape {tuple(idx.shape)}")
     for d, (idx, size) in enumerate(zip(indices, (input_size[1] // groups,) + tuple(input_size[2:]))):
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        # values are checked where reading them costs no device synchronisation (and meta has none);
+        # elsewhere the one-hot scatter's own bounds check fails on a bad index
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
             raise ValueError(f"indices[{d}] must lie in [0, {size}), got values from {int(idx.min())} to {int(idx.max())}")
     if x_sub.shape[0] != input_size[0]:
         raise ValueError(f"x_sub has batch size {x_sub.shape[0]} but input_size has {input_size[0]}")
@@ -140,7 +152,7 @@ def sampled_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, str
         torch.Size([4, 3, 3])
     """
     input_size = check_size(input_size, "input_size")
-    weight_size = check_size(weight_size, "weight_size", len(input_size))
+    weight_size = check_size(weight_size, "weight_size")
     N, spec, O = conv_geometry(input_size, weight_size, stride, padding, dilation, groups,
                                x_name="input_size", weight_name="weight_size")
     check_tensor(x_sub, "x_sub", ndim=N + 2)

@@ -37,12 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Plan
+from ..ir.pattern import pattern_empty
 from . import views
 
 #: dtypes PyTorch's convolution kernels take on every device.
 NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,15 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     padding = left if symmetric else (0,) * N
     explicit = [p for l, r in zip(reversed(left), reversed(right)) for p in (l, r)]
     Ip = I if symmetric else tuple(i + l + r for i, l, r in zip(I, left, right))
+    # PyTorch's half-precision CPU forward kernels (oneDNN, torch 2.13) go wrong on degenerate windows: off by up
+    # to 1e32 when the innermost output has one position and a stride > 1 (pytorch/pytorch#169688), garbage or NaN
+    # when the input is shorter than the dilated kernel, a segfault now and then when every window of a dimension
+    # lies in the padding. The same convolution with the padding made explicit and the stride of a one-position
+    # output set to 1 (which changes nothing) is right, so half precision runs such terms that way.
+    fragile = t.output_role == "y" and (
+        any(i < (k - 1) * d + 1 or pattern_empty(i, o, k, s, l, d) for i, o, k, s, d, l in zip(I, O, K, S, D, left))
+        or O[-1] == 1 and S[-1] > 1)
+    safe_stride = tuple(1 if o == 1 else s for s, o in zip(S, O))
 
     layouts = {  # role -> (leg order, canonical shape)
         "x": (t.batch + t.group + t.c_in + (tuple(i for i, _, _ in t.spatial) or t.flat), (Bf, Gf * Ci) + I),
@@ -234,8 +245,12 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     def run(a, b):
         ops = {first: canonical(a, *prepare[0]), second: canonical(b, *prepare[1])}
         if t.output_role == "y":
-            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
-            result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
+            if fragile and ops["x"].dtype in _HALF:
+                x = views.pad_crop(ops["x"], explicit).contiguous()
+                result = _CONV[N](x, ops["w"], None, safe_stride, 0, D, groups)
+            else:
+                x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
+                result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
         elif t.output_role == "w":
             x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             weight = x.new_empty(1).expand(layouts["w"][1])
@@ -263,7 +278,8 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
         # result (aten::copy_ of its size in the profiler), which is most of what it writes. Counted, the strided
         # view with one batched product wins where it is faster: ResNet-18's last stages at 32x32, 2-4x.
         write += out_elements
-    direct = symmetric and t.spatial and not any(t.summed) and to_output is None and all(p[1] is None for p in prepare)
+    direct = symmetric and t.spatial and not any(t.summed) and to_output is None and all(p[1] is None for p in prepare) \
+        and not fragile  # a caller running the kernel directly would not make the half-precision call safe
     call = NativeCall(t.output_role, t.operands, S, padding, D, groups,
                       tuple((role, layouts[role][1]) for role in "xwy")) if direct else None
     return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest,
