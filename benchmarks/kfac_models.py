@@ -43,9 +43,13 @@ OUT = ROOT / "benchmarks" / "results" / "kfac_models.csv"
 
 
 def build(name: str) -> nn.Module:
-    from tnconv.testing.models import c3d3, resnet18
+    from tnconv.testing.models import all_cnn_c, c3d3, resnet18
 
-    return {"c3d3": c3d3, "resnet18": lambda: resnet18(10)}[name]()
+    model = {"c3d3": c3d3, "all_cnn_c": all_cnn_c, "resnet18": lambda: resnet18(10)}[name]()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):  # the same network for both: no random masks
+            module.eval()
+    return model
 
 
 def covered(model: nn.Module) -> list:

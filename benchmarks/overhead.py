@@ -1,28 +1,35 @@
-"""Per-call overhead of a cached ``tnconv.functional.conv`` beyond the contraction itself.
+"""Per-call cost of tnconv against PyTorch on tiny tensors, where the Python around the kernel is all there is.
 
-Run: ``python benchmarks/overhead.py``
+Run: ``python benchmarks/overhead.py`` (``--repeats`` per median, ``--rounds`` of interleaving).
 
-On tiny tensors the contraction costs little, so the difference between the
-full call and the bare contraction (the cached plan run on pre-reshaped
-operands) is the Python work tnconv adds per call: argument validation, the
-compiled-diagram and plan cache look-ups, reshapes. Medians over many
-interleaved repeats.
+Rows, each a median over interleaved rounds of medians over repeated calls, 1 thread:
+
+* ``layer forward+backward``: ``layer(x).sum().backward()`` for ``tnconv.nn.Conv2d``
+  against ``torch.nn.Conv2d`` (same weights, ``x`` requires grad); with tnconv's
+  own autograd function too (``native=False``: no kernel pair);
+* ``layer forward``: the same without autograd;
+* ``functional.conv``: ``tnconv.functional.conv`` against ``torch.nn.functional.conv2d``;
+* ``compiled(**tensors)`` and the bare contraction: the compiled network's call
+  and its plan's kernel alone, what the cached call adds around it;
+* ``first call of a new shape``: a layer whose hyper-parameters were seen before,
+  forward and backward on an input size it has not seen (median over sizes).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
 import torch
 
+import tnconv
 from tnconv import functional as F
-from tnconv.functional._common import _freeze, compiled
-from tnconv._args import ConvSpec
+from tnconv.ops import convolution
 
 
-def median_us(fn, repeats=2000):
-    for _ in range(50):
+def median_us(fn, repeats):
+    for _ in range(max(20, repeats // 20)):
         fn()
     samples = []
     for _ in range(repeats):
@@ -32,36 +39,69 @@ def median_us(fn, repeats=2000):
     return statistics.median(samples) * 1e6
 
 
-def main():
+def first_calls_ms(make, sizes):
+    """Median time of forward and backward on each new input size."""
+    times = []
+    for size in sizes:
+        layer, x = make(size)
+        start = time.perf_counter()
+        layer(x).sum().backward()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    x, w = torch.randn(1, 2, 6, 6), torch.randn(2, 2, 3, 3)
-    spec = ConvSpec.make(2, (3, 3), 1, 1, 1, 1)
-    fn = compiled("conv", N=2, groups=1, bias=False, **_freeze(spec))
-    F.conv(x, w, padding=1)
-    plan = fn._last
-    term = plan.terms[0]
-    operands = [x.reshape(s[2]) if s[1] == "x" else w.reshape(s[2]) if s[0] == "input" else s[1] for s in term.sources]
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(2, 2, 3, padding=1)
+    layer = tnconv.nn.Conv2d(2, 2, 3, padding=1)
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    xd, w, b = x.detach(), ref.weight.detach(), ref.bias.detach()
+    fn = tnconv.functional._common.compiled("conv", N=2, groups=1, bias=False, kernel_size=(3, 3), stride=(1, 1),
+                                            padding=((1, 1), (1, 1)), dilation=(1, 1))
+    term = fn.plan(x=xd, w=w).terms[0]
+    operands = [xd.reshape(s[2]) if s[1] == "x" else w.reshape(s[2]) for s in term.sources]
 
-    def bare():
-        return term.plan(*operands)
+    def train(module):
+        return lambda: module(x).sum().backward()
 
-    def full():
-        return F.conv(x, w, padding=1)
+    def train_tnconv_function():
+        convolution.conv(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups,
+                         native=False).sum().backward()
 
-    def compiled_call():
-        return fn(x=x, w=w)
+    rows = {  # name -> (tnconv, PyTorch or None)
+        "layer forward+backward": (train(layer), train(ref)),
+        "layer forward+backward, tnconv's VJPs": (train_tnconv_function, train(ref)),
+        "layer forward (no autograd)": (lambda: layer(xd), lambda: ref(xd)),
+        "functional.conv": (lambda: F.conv(xd, w, b, 1, 1), lambda: torch.nn.functional.conv2d(xd, w, b, 1, 1)),
+        "compiled(**tensors), no bias": (lambda: fn(x=xd, w=w), lambda: term.plan(*operands)),
+    }
+    results = {name: ([], []) for name in rows}
+    for _ in range(args.rounds):  # interleave
+        for name, (ours, theirs) in rows.items():
+            with torch.enable_grad() if "backward" in name else torch.no_grad():
+                results[name][0].append(median_us(ours, args.repeats))
+                results[name][1].append(median_us(theirs, args.repeats))
+    print(f"{'call (1 thread, tiny tensors)':<40}{'tnconv us':>10}{'PyTorch us':>12}{'difference us':>15}")
+    for name, (ours, theirs) in results.items():
+        a, b_ = statistics.median(ours), statistics.median(theirs)
+        reference = "(bare plan)" if name.startswith("compiled") else ""
+        print(f"{name:<40}{a:>10.1f}{b_:>12.1f}{a - b_:>15.1f} {reference}")
 
-    rows = {}
-    for _ in range(3):  # interleave
-        for name, f in (("contraction only", bare), ("compiled(**tensors)", compiled_call), ("functional.conv", full)):
-            rows.setdefault(name, []).append(median_us(f))
-    base = statistics.median(rows["contraction only"])
-    print(f"{'call':<24}{'median us':>10}{'overhead us':>13}")
-    for name, values in rows.items():
-        value = statistics.median(values)
-        print(f"{name:<24}{value:>10.1f}{value - base:>13.1f}")
-    native = median_us(lambda: torch.nn.functional.conv2d(x, w, padding=1))
-    print(f"{'torch conv2d (for scale)':<24}{native:>10.1f}")
+    def make(size, module=tnconv.nn.Conv2d):
+        torch.manual_seed(size)
+        return module(3, 8, 3, padding=1), torch.randn(2, 3, size, size, requires_grad=True)
+
+    make(8)[0](torch.randn(2, 3, 8, 8)).sum()  # the hyper-parameters seen before
+    sizes = list(range(9, 30))
+    ours = first_calls_ms(make, sizes)
+    theirs = first_calls_ms(lambda s: make(s, torch.nn.Conv2d), [s + 40 for s in sizes])
+    print(f"{'first call of a new shape (ms)':<40}{ours:>10.2f}{theirs:>12.2f}{ours - theirs:>15.2f}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,21 @@ def test_vjps_match_autograd_with_same_and_asymmetric_padding(N):
         torch.testing.assert_close(F.input_vjp(x.shape, w.detach(), g, **c.kwargs()), gx, msg=lambda m: f"{c}: {m}")
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5])
+def test_vjps_with_wide_hyper_parameters(N):
+    """Kernels up to 7, dilation up to 21, stride up to 6, padding beyond the dilated kernel; N = 4, 5 against autograd
+    of the slow reference."""
+    for c in configs(N, 5 if N <= 3 else 2, 21, asymmetric=True, max_size=16, wide=True):
+        x, w, g = problem(c)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        gx, gw = torch.autograd.grad(T.conv(x, w, **c.kwargs()), (x, w), g)
+        torch.testing.assert_close(F.weight_vjp(x.detach(), w.shape, g, **c.kwargs()), gw, msg=lambda m: f"{c}: {m}")
+        torch.testing.assert_close(F.input_vjp(x.shape, w.detach(), g, **c.kwargs()), gx, msg=lambda m: f"{c}: {m}")
+        per = F.per_sample_weight_grad(x.detach(), w.shape, g, **c.kwargs())
+        torch.testing.assert_close(per.sum(0), gw, msg=lambda m: f"{c}: {m}")
+
+
 @pytest.mark.parametrize("N", [1, 2, 3])
 def test_jvps_match_torch_func(N):
     for c in configs(N, 8, 3):

@@ -407,10 +407,10 @@ def test_process_wide_switch_and_environment(monkeypatch):
     assert len(calls) == 1  # autotune=False ignores the switch
     # the functional API keeps one compiled network per setting
     x = torch.randn(2, 3, 9, 9)
-    tnconv.functional.kfc(x, 3)
+    tnconv.functional.kfc(x, (3, 3))
     assert len(calls) == 2
     tnconv.set_autotune(False)
-    tnconv.functional.kfc(x, 3)
+    tnconv.functional.kfc(x, (3, 3))
     assert len(calls) == 2
     with pytest.raises(TypeError, match="enabled must be a bool"):
         tnconv.set_autotune("yes")

@@ -46,6 +46,17 @@ def test_kfc_and_kfac_reduce_match_unfold_formulas(N):
         torch.testing.assert_close(F.kfac_reduce(x, c.kernel_size, **kw), kfac_reduce_reference(u), msg=lambda m: f"{c}: {m}")
 
 
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5])
+def test_factors_with_wide_hyper_parameters(N):
+    """Kernels up to 7, dilation up to 21, stride up to 6, padding beyond the dilated kernel (patches of zeros)."""
+    for c in configs(N, 5 if N <= 3 else 2, 21, asymmetric=True, max_size=16, wide=True):
+        x = torch.randn(*c.x_size, dtype=DT)
+        u = grouped_patches(x, c)
+        kw = dict(stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups)
+        torch.testing.assert_close(F.kfc(x, c.kernel_size, **kw), kfc_reference(u), msg=lambda m: f"{c}: {m}")
+        torch.testing.assert_close(F.kfac_reduce(x, c.kernel_size, **kw), kfac_reduce_reference(u), msg=lambda m: f"{c}: {m}")
+
+
 def test_kfc_matches_torch_unfold_2d():
     x = torch.randn(4, 6, 9, 7, dtype=DT)
     u = torch.nn.functional.unfold(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1))
@@ -125,12 +136,14 @@ def test_curvature_networks_round_trip_text():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda x: F.kfc(x, 3, groups=4), "groups"),
-        (lambda x: F.kfc(x, 9), "kernel_size"),
-        (lambda x: F.kfc(x[0, 0], 3), "x"),
-        (lambda x: F.kfac_reduce(x, (3, 3, 3)), "kernel_size"),
-        (lambda x: F.kfc_transpose(x, 3, output_padding=2, stride=2), "output_padding"),
-        (lambda x: F.kfac_reduce_transpose(x, 3, padding="same"), "padding"),
+        (lambda x: F.kfc(x, 3, groups=4, N=2), "groups"),
+        (lambda x: F.kfc(x, (9, 9)), "kernel_size"),
+        (lambda x: F.kfc(x[0, 0], (3, 3)), "x"),
+        (lambda x: F.kfc(x, 3), "N"),  # a batch of 2-d inputs or one 3-d input: refused, never guessed
+        (lambda x: F.kfac_reduce(x, (3, 3, 3, 3)), "x"),
+        (lambda x: F.kfac_reduce(x, (3, 3), N=3), "kernel_size"),
+        (lambda x: F.kfc_transpose(x, 3, output_padding=2, stride=2, N=2), "output_padding"),
+        (lambda x: F.kfac_reduce_transpose(x, (3, 3), padding="same"), "padding"),
         (lambda x: F.ggn_diagonal(x, (4, 5, 3, 3), torch.randn(2, 2, 4, 6, 6, dtype=DT)), "weight_size"),
         (lambda x: F.ggn_diagonal(x, (4, 6, 3, 3), torch.randn(2, 2, 4, 6, 5, dtype=DT)), "sqrt_ggn"),
         (lambda x: F.ggn_gram(x, (4, 6, 3, 3), torch.randn(2, 4, 6, 6, dtype=DT)), "sqrt_ggn"),

@@ -207,7 +207,7 @@ def test_backpack_ignores_output_padding_of_transpose_convolutions():
     A = ours.factors["0.weight"][0][0]
     from tnconv.functional import unfold_transpose
 
-    u = unfold_transpose(x, 3, stride=2, padding=1, output_padding=1)  # [B, C·K, O] over all 8 output positions
+    u = unfold_transpose(x, 3, stride=2, padding=1, output_padding=1, N=x.ndim - 2)  # [B, C·K, O] over all 8 output positions
     close(A, torch.einsum("bio,bjo->ij", u, u) / 4)
     assert (A - net[0].weight.kflr[1]).abs().max() > 1e-3
 

@@ -47,6 +47,35 @@ def test_conv_high_dimensional_matches_reference(N):
         torch.testing.assert_close(F.conv(x, w, b, **c.kwargs()), T.conv(x, w, b, **c.kwargs()), msg=lambda m: f"{c}: {m}")
 
 
+def _torch_padding(c):
+    return not (isinstance(c.padding, tuple) and isinstance(c.padding[0], tuple))
+
+
+def _wide_forward(N, count, seed):
+    for c in configs(N, count, seed, max_size=24, asymmetric=True, wide=True):
+        x, w, b = rand(*c.x_size), rand(*c.weight_size), rand(c.out_channels)
+        reference = TORCH_CONV[N] if N <= 3 and _torch_padding(c) else T.conv
+        torch.testing.assert_close(F.conv(x, w, b, **c.kwargs()), reference(x, w, b, **c.kwargs()),
+                                   msg=lambda m: f"{c}: {m}")
+        kw = dict(kernel_size=c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride)
+        u = F.unfold(x, **kw)
+        torch.testing.assert_close(u, T.unfold(x, **kw), msg=lambda m: f"{c}: {m}")
+        y = torch.randn_like(u)
+        torch.testing.assert_close(F.fold(y, c.input_size, **kw), T.fold(y, c.input_size, **kw), msg=lambda m: f"{c}: {m}")
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 6])
+def test_wide_hyper_parameters(N):
+    """Kernels up to 7, dilation up to 21, stride up to 6, padding beyond the dilated kernel (outputs that see no input)."""
+    _wide_forward(N, 6 if N <= 3 else 2, 21)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5, 6])
+def test_wide_hyper_parameters_exhaustively(N):
+    _wide_forward(N, 60 if N <= 3 else 20, 22)
+
+
 @pytest.mark.parametrize("N", [1, 2, 3])
 def test_reference_conv_matches_torch(N):
     """The slow reference must itself be right, or the N >= 4 tests prove nothing."""
@@ -82,6 +111,25 @@ def test_conv_transpose_matches_torch(N, seed):
         b = rand(c.in_channels) if seed % 2 else None
         kw = dict(stride=c.stride, padding=c.padding, output_padding=c.output_padding, groups=c.groups, dilation=c.dilation)
         torch.testing.assert_close(F.conv_transpose(x, w, b, **kw), TORCH_CONVT[N](x, w, b, **kw), msg=lambda m: f"{c}: {m}")
+
+
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_conv_transpose_wide_hyper_parameters(N):
+    rng = random.Random(3100 + N)
+    done = 0
+    while done < 6:
+        c = T.random_config(rng, N, max_size=12, wide=True, allow_same=False)
+        c.padding = c.padding if c.padding != "valid" else 0
+        c.input_size = c.output_size()  # the transpose's input: a convolution's output, within the caps
+        pads = c.padding if isinstance(c.padding, tuple) else (c.padding,) * N
+        if any((I - 1) * s - 2 * p + d * (k - 1) + op + 1 < 1 for I, s, p, d, k, op in
+               zip(c.input_size, c.stride, pads, c.dilation, c.kernel_size, c.output_padding)):
+            continue
+        done += 1
+        x = rand(c.batch, c.out_channels, *c.input_size)
+        w = rand(c.out_channels, c.in_channels // c.groups, *c.kernel_size)
+        kw = dict(stride=c.stride, padding=c.padding, output_padding=c.output_padding, groups=c.groups, dilation=c.dilation)
+        torch.testing.assert_close(F.conv_transpose(x, w, **kw), TORCH_CONVT[N](x, w, **kw), msg=lambda m: f"{c}: {m}")
 
 
 @pytest.mark.parametrize("N", [4])

@@ -55,14 +55,17 @@ def sensible(name):
 @given(data=st.data())
 def test_fuzz_public_functionals(fn, data):
     params = [p for p in inspect.signature(fn).parameters.values() if p.name not in ("dtype", "device")]
-    args = []
+    args, kwargs = [], {}
     for p in params:
         value = sensible(p.name)
         if value is None or data.draw(st.booleans(), label=f"fuzz {p.name}"):
             value = data.draw(values, label=p.name)
-        args.append(value)
+        if p.kind == p.KEYWORD_ONLY:  # N, output_size: fuzzed too, by name
+            kwargs[p.name] = value
+        else:
+            args.append(value)
     try:
-        result = fn(*args)
+        result = fn(*args, **kwargs)
     except (ValueError, TypeError):
         return
     assert isinstance(result, (torch.Tensor, tuple)), f"{fn.__name__} returned {type(result).__name__}"

@@ -22,6 +22,11 @@ BUILDERS = {
     "input_vjp": lambda N, r: diagrams.input_vjp(N=N, kernel_size=3, input_size=(7,) * N, stride=2),
     "weight_jvp": lambda N, r: diagrams.weight_jvp(N=N, kernel_size=3),
     "input_jvp": lambda N, r: diagrams.input_jvp(N=N, kernel_size=3),
+    "conv_transpose_input_vjp": lambda N, r: diagrams.conv_transpose_input_vjp(N=N, kernel_size=3, stride=2, output_padding=1,
+                                                                               groups=r.choice([1, 2])),
+    "conv_transpose_weight_vjp": lambda N, r: diagrams.conv_transpose_weight_vjp(N=N, kernel_size=2, stride=2, padding=1),
+    "conv_transpose_input_jvp": lambda N, r: diagrams.conv_transpose_input_jvp(N=N, kernel_size=3, dilation=2),
+    "conv_transpose_weight_jvp": lambda N, r: diagrams.conv_transpose_weight_jvp(N=N, kernel_size=2, groups=2),
     "per_sample_weight_grad": lambda N, r: diagrams.per_sample_weight_grad(N=N, kernel_size=2, groups=2),
     "kfc": lambda N, r: diagrams.kfc(N=N, kernel_size=2, stride=2, groups=r.choice([1, 2])),
     "kfac_reduce": lambda N, r: diagrams.kfac_reduce(N=N, kernel_size=3, padding=1, stride=2),
@@ -37,6 +42,12 @@ BUILDERS = {
     "mixed_second_derivative": lambda N, r: diagrams.mixed_second_derivative(N=N, kernel_size=2, input_size=(3,) * N),
     "kfc_output": lambda N, r: diagrams.kfc_output(N=N, groups=r.choice([1, 2])),
     "kfac_reduce_output": lambda N, r: diagrams.kfac_reduce_output(N=N, groups=r.choice([1, 2])),
+    "per_sample_weight_grad_transpose": lambda N, r: diagrams.per_sample_weight_grad_transpose(
+        N=N, kernel_size=3, stride=2, output_padding=1, groups=r.choice([1, 2])),
+    "per_sample_weight_grad_sq_norm": lambda N, r: diagrams.per_sample_weight_grad_sq_norm(N=N, kernel_size=2, groups=2),
+    "per_sample_weight_grad_sq_norm_transpose": lambda N, r: diagrams.per_sample_weight_grad_sq_norm_transpose(
+        N=N, kernel_size=2, stride=2),
+    "ggn_diagonal_transpose": lambda N, r: diagrams.ggn_diagonal_transpose(N=N, kernel_size=3, groups=r.choice([1, 2])),
     "kfc_dx": lambda N, r: passes.differentiate(diagrams.kfc(N=N, kernel_size=2), "x"),
 }
 

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 
 import tnconv
 from tnconv import diagrams
+from tnconv.ir.pattern import pattern_empty
 from tnconv.lowering import check_lowering, cost, native, views, without_broadcasts
-from tnconv.testing.strategies import conv_configs, st
+from tnconv.testing.strategies import WIDE, conv_configs, st
 
 DT = torch.float64
 
@@ -76,6 +77,13 @@ def test_view_lowering_alone_matches_the_plain_contraction(c):
 @settings(deadline=None, max_examples=10)
 @given(conv_configs(N=st.integers(4, 5), max_size=4, max_kernel=2, max_channels=2))
 def test_lowerings_beyond_three_dimensions(c):
+    _check(c, ("native", "views"))
+
+
+@settings(deadline=None)
+@given(conv_configs(N=st.integers(1, 5), **dict(WIDE, max_pixels=128, max_channels=2)))
+def test_lowerings_of_wide_configurations(c):
+    """Large kernels, dilations and strides, padding beyond the kernel's span (outputs that see no input)."""
     _check(c, ("native", "views"))
 
 
@@ -163,3 +171,40 @@ def test_pattern_sum_is_the_pattern_summed_over_its_output_leg():
         if O > 0:
             expected = pattern_tensor(I, O, K, S, P, D, dtype=DT).sum(1)
             torch.testing.assert_close(pattern_sum(I, O, K, S, P, D, dtype=DT), expected)
+
+
+HALF_PRECISION_FAILURES = [  # (x shape, weight shape, stride, padding, dilation, groups) on which PyTorch's kernel
+    # wrong by up to 1e32, bfloat16 (pytorch/pytorch#169688): the innermost output has one position and a stride > 1
+    ((1, 3, 2, 3, 3), (6, 1, 1, 1, 3), (1, 1, 2), 0, 1, 3),
+    ((1, 3, 5, 3, 3), (3, 3, 1, 1, 3), (1, 1, 2), 0, 1, 1),
+    ((1, 9, 6, 2), (3, 3, 1, 2), (1, 3), 0, 1, 3),
+    # NaN or garbage, bfloat16: an input shorter than the dilated kernel
+    ((3, 2, 1, 2, 4), (4, 1, 2, 2, 2), 1, (1, 0, 0), 1, 2),
+    ((2, 1, 1, 2, 4), (1, 1, 3, 3, 3), (2, 1, 2), (2, 3, 3), (2, 3, 1), 1),
+    # segmentation faults now and then, float16 and bfloat16: every window of a dimension lies in the padding
+    ((3, 2, 1, 5, 4), (4, 1, 2, 2, 3), (1, 2, 1), 1, (2, 1, 1), 2),
+    ((2, 2, 1), (4, 1, 1), (2,), 1, (3,), 2),
+    ((2, 2, 1, 1), (4, 1, 3, 1), (1, 2), (2, 3), (2, 2), 2),
+    ((2, 4, 1, 5), (2, 2, 3, 3), (2, 1), (3, 1), (2, 2), 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_where_pytorch_kernels_fail(dtype):
+    # found by the thorough profile (one thread, as there): the native lowering runs such convolutions with the
+    # padding explicit and the stride of a one-position output set to 1, where PyTorch's kernels are right
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for x_shape, w_shape, stride, padding, dilation, groups in HALF_PRECISION_FAILURES:
+            kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+            for seed in range(3):
+                torch.manual_seed(seed)
+                x, w = torch.randn(x_shape).to(dtype), torch.randn(w_shape).to(dtype)
+                ours = tnconv.functional.conv(x, w, **kw)
+                reference = getattr(torch.nn.functional, f"conv{len(x_shape) - 2}d")(x.double(), w.double(), **kw)
+                assert ours.dtype == dtype
+                torch.testing.assert_close(ours.double(), reference, atol=0.1, rtol=0.02)
+    finally:
+        torch.set_num_threads(threads)
+    assert pattern_empty(1, 2, 1, 2, 1, 3) and not pattern_empty(5, 3, 3, 1, 0, 1)

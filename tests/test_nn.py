@@ -20,9 +20,18 @@ OPTIONS = [
 ]
 
 
+@pytest.fixture(params=[True, False], ids=["kernel-pair", "tnconv-vjps"])
+def native(request, monkeypatch):
+    """Both ways a layer may run: PyTorch's kernel pair where the compiler lowers to it, and ConvFunction."""
+    import tnconv.ops.convolution as convolution
+
+    monkeypatch.setattr(convolution, "NATIVE_PAIR", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("ours, theirs, size", PAIRS)
 @pytest.mark.parametrize("options", OPTIONS)
-def test_layer_matches_torch_and_shares_state_dict(ours, theirs, size, options):
+def test_layer_matches_torch_and_shares_state_dict(ours, theirs, size, options, native):
     ref = theirs(4, 8, dtype=DT, **options)
     layer = ours(4, 8, dtype=DT, **options)
     assert set(layer.state_dict()) == set(ref.state_dict())
@@ -54,8 +63,8 @@ def test_gradcheck_and_gradgradcheck(hyper):
     w = torch.randn(2, 2 // groups, 2, 3, dtype=DT, requires_grad=True)
     b = torch.randn(2, dtype=DT, requires_grad=True)
 
-    def f(x, w, b):
-        return tnn.conv(x, w, b, stride, padding, dilation, groups)
+    def f(x, w, b):  # tnconv's own VJPs (native=False: not PyTorch's kernel pair)
+        return tnn.conv(x, w, b, stride, padding, dilation, groups, native=False)
 
     assert gradcheck(f, (x, w, b))
     assert gradgradcheck(f, (x, w, b))
@@ -65,7 +74,7 @@ def test_gradcheck_1d_and_3d():
     for shape, wshape in (((2, 2, 7), (3, 2, 3)), ((1, 2, 4, 4, 3), (2, 2, 2, 2, 2))):
         x = torch.randn(*shape, dtype=DT, requires_grad=True)
         w = torch.randn(*wshape, dtype=DT, requires_grad=True)
-        assert gradcheck(lambda x, w: tnn.conv(x, w, None, 2, 1), (x, w))
+        assert gradcheck(lambda x, w: tnn.conv(x, w, None, 2, 1, native=False), (x, w))
 
 
 def test_torch_func_grad_vmap_jacrev():

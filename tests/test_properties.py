@@ -1,26 +1,42 @@
 """Property-based tests over the hyper-parameter space (hypothesis).
 
+Each property draws small configurations and wide ones (``WIDE``: kernels up to 7,
+dilation up to 21, stride up to 6, padding beyond the dilated kernel's span), in
+N = 1..6 for the forward operations and 1..5 for the derived ones, against PyTorch
+for N <= 3 and the slow references of ``tnconv.testing`` beyond.
+
 CI runs the "ci" profile (25 examples per property); the on-demand profile
 runs 10,000: ``HYPOTHESIS_PROFILE=thorough python -m pytest tests/test_properties.py``.
 """
 
 import gc
+import math
 import weakref
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import tnconv
 from tnconv import diagrams, passes
 from tnconv import functional as F
 from tnconv import testing as T
 from tnconv.backends import BACKENDS
-from tnconv.testing.strategies import conv_configs, transpose_configs
+from tnconv.testing.strategies import WIDE, conv_configs, transpose_configs
 
 DT = torch.float64
 TORCH_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
 ANY_N = st.integers(1, 5)
+FORWARD_N, DERIVED_N = st.integers(1, 6), st.integers(1, 5)
+
+
+def configs(N, max_size=5, **small):
+    """Small configurations, or wide ones (``WIDE``) half of the time."""
+    return st.one_of(conv_configs(N=N, max_size=max_size, **small), conv_configs(N=N, **dict(WIDE, **small)))
+
+
+def transposes(N, max_size=5):
+    return st.one_of(transpose_configs(N=N, max_size=max_size), transpose_configs(N=N, **WIDE))
 
 
 def data(c, dtype=DT):
@@ -29,7 +45,7 @@ def data(c, dtype=DT):
     return x, w
 
 
-@given(conv_configs(N=ANY_N, max_size=5))
+@given(configs(FORWARD_N))
 def test_conv_equals_reference(c):
     x, w = data(c)
     b = torch.randn(c.out_channels, dtype=DT)
@@ -37,7 +53,7 @@ def test_conv_equals_reference(c):
     torch.testing.assert_close(F.conv(x, w, b, **c.kwargs()), ref(x, w, b, **c.kwargs()))
 
 
-@given(transpose_configs(N=st.integers(1, 4)))
+@given(transposes(FORWARD_N))
 def test_conv_transpose_is_the_input_vjp_of_conv(c):
     x = torch.randn(c.batch, c.out_channels, *c.input_size, dtype=DT)
     w = torch.randn(c.out_channels, c.in_channels // c.groups, *c.kernel_size, dtype=DT)
@@ -48,7 +64,7 @@ def test_conv_transpose_is_the_input_vjp_of_conv(c):
         torch.testing.assert_close(F.input_vjp(y.shape, w, x, **kw), y)
 
 
-@given(conv_configs(N=ANY_N, max_size=5), st.data())
+@given(configs(FORWARD_N), st.data())
 def test_fold_is_the_adjoint_of_unfold(c, draw):
     kw = dict(kernel_size=c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride)
     x = torch.randn(*c.x_size, dtype=DT)
@@ -58,14 +74,14 @@ def test_fold_is_the_adjoint_of_unfold(c, draw):
     torch.testing.assert_close((u * y).sum(), (x * F.fold(y, c.input_size, **kw)).sum())
 
 
-@given(conv_configs(N=st.integers(1, 3), max_size=5))
+@given(configs(st.integers(1, 3), max_pixels=64))
 def test_unfold_kernel_times_input_is_conv(c):
     x, w = data(c)
     a = F.unfold_kernel(w, c.input_size, **c.kwargs())
     torch.testing.assert_close(x.flatten(1) @ a.T, T.conv(x, w, **c.kwargs()).flatten(1))
 
 
-@given(conv_configs(N=ANY_N, max_size=4))
+@given(configs(DERIVED_N, max_size=4))
 def test_vjps_equal_autograd(c):
     x, w = data(c)
     x.requires_grad_(True)
@@ -77,7 +93,7 @@ def test_vjps_equal_autograd(c):
     torch.testing.assert_close(F.input_vjp(x.shape, w.detach(), g, **c.kwargs()), gx)
 
 
-@given(conv_configs(N=ANY_N, max_size=4, max_batch=2))
+@given(configs(DERIVED_N, max_size=4, max_batch=2))
 def test_kronecker_factors_equal_unfold_formulas(c):
     if c.batch == 0:
         return
@@ -88,6 +104,51 @@ def test_kronecker_factors_equal_unfold_formulas(c):
     torch.testing.assert_close(F.kfc(x, c.kernel_size, **kw), torch.einsum("bgio,bgjo->gij", u, u) / c.batch)
     m = u.mean(-1)
     torch.testing.assert_close(F.kfac_reduce(x, c.kernel_size, **kw), torch.einsum("bgi,bgj->gij", m, m) / c.batch)
+
+
+def _float32_cases(c, x, w, g):
+    """``name -> (ours, reference, absolute reference, reduction length)``: float32 results, float64 references."""
+    kw = c.kwargs()
+    K, O = math.prod(c.kernel_size), math.prod(c.output_size())
+    x32, w32, g32 = x.float(), w.float(), g.float()
+    x, w, g = x32.double(), w32.double(), g32.double()  # the references see the float32 inputs exactly
+
+    def vjps(x, w, g):
+        x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+        return torch.autograd.grad(T.conv(x, w, **kw), (x, w), g)
+
+    def factors(x):
+        u = T.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)
+        u = u.reshape(c.batch, c.groups, -1, u.shape[-1])
+        m = u.mean(-1)
+        return torch.einsum("bgio,bgjo->gij", u, u) / c.batch, torch.einsum("bgi,bgj->gij", m, m) / c.batch
+
+    (gx, gw), (ax, aw) = vjps(x, w, g), vjps(x.abs(), w.abs(), g.abs())
+    (kfc, red), (akfc, ared) = factors(x), factors(x.abs())
+    fan_in, fan_out = c.in_channels // c.groups * K, c.out_channels // c.groups * K
+    hyper = dict(stride=c.stride, padding=c.padding, dilation=c.dilation, groups=c.groups)
+    return {
+        "conv": (F.conv(x32, w32, **kw), T.conv(x, w, **kw), T.conv(x.abs(), w.abs(), **kw), fan_in),
+        "input_vjp": (F.input_vjp(x.shape, w32, g32, **kw), gx, ax, fan_out),
+        "weight_vjp": (F.weight_vjp(x32, w.shape, g32, **kw), gw, aw, c.batch * O),
+        "kfc": (F.kfc(x32, c.kernel_size, **hyper), kfc, akfc, c.batch * O),
+        "kfac_reduce": (F.kfac_reduce(x32, c.kernel_size, **hyper), red, ared, c.batch * O),
+    }
+
+
+@given(configs(DERIVED_N, max_size=5), st.sampled_from(["conv", "input_vjp", "weight_vjp", "kfc", "kfac_reduce"]))
+def test_float32_errors_stay_within_the_reduction_lengths_bound(c, name):
+    """Each float32 entry is within ``8 eps sqrt(L)`` of the float64 one, relative to the sum of the magnitudes of
+    its ``L`` terms (the reference on absolute values): the error of a length-``L`` floating-point sum."""
+    assume(c.batch >= 1)
+    x, w = data(c)
+    g = torch.randn(c.batch, c.out_channels, *c.output_size(), dtype=DT)
+    ours, reference, magnitude, length = _float32_cases(c, x, w, g)[name]
+    assert ours.dtype == torch.float32 and ours.shape == reference.shape
+    bound = 8 * torch.finfo(torch.float32).eps * math.sqrt(max(length, 1)) * magnitude + torch.finfo(torch.float32).tiny
+    error = (ours.double() - reference).abs()
+    worst = (error / bound).max().item() if error.numel() else 0.0
+    assert worst <= 1, f"{name}: error {worst:.2f}x the bound, reduction length {length}"
 
 
 NETWORKS = {
@@ -118,7 +179,7 @@ def test_backends_and_passes_agree_and_text_round_trips(c, name):
         torch.testing.assert_close(tnconv.compile(tn, passes=[name_])(**args), reference)
 
 
-@given(conv_configs(N=st.integers(1, 3), max_size=5), st.sampled_from([torch.float16, torch.bfloat16, torch.float32]))
+@given(configs(st.integers(1, 3)), st.sampled_from([torch.float16, torch.bfloat16, torch.float32]))
 def test_low_precision_results_keep_their_dtype(c, dtype):
     x, w = data(c)
     ours = F.conv(x.to(dtype), w.to(dtype), **c.kwargs())
@@ -135,7 +196,7 @@ def test_channels_last_and_non_contiguous_inputs():
     w = torch.randn(6, 2, 3, 3, dtype=DT).to(memory_format=torch.channels_last)
     torch.testing.assert_close(F.conv(x, w, groups=2), torch.nn.functional.conv2d(x, w, groups=2))
     xt = torch.randn(2, 6, 7, 4, dtype=DT).permute(0, 3, 2, 1)
-    torch.testing.assert_close(F.kfc(xt, 2), F.kfc(xt.contiguous(), 2))
+    torch.testing.assert_close(F.kfc(xt, (2, 2)), F.kfc(xt.contiguous(), (2, 2)))
 
 
 def test_single_pixel_output_and_batch_edge_cases():
@@ -149,7 +210,7 @@ def test_single_pixel_output_and_batch_edge_cases():
 def test_results_are_deterministic():
     x, w = torch.randn(3, 4, 9, 9), torch.randn(5, 4, 3, 3)
     assert torch.equal(F.conv(x, w, padding=1), F.conv(x, w, padding=1))
-    assert torch.equal(F.kfc(x, 3), F.kfc(x, 3))
+    assert torch.equal(F.kfc(x, (3, 3)), F.kfc(x, (3, 3)))
 
 
 def test_calls_keep_no_tensors_alive():
@@ -167,5 +228,5 @@ def test_inference_mode_and_no_grad():
     with torch.inference_mode():
         a = F.weight_vjp(x, w.shape, torch.randn(2, 4, 6))
     with torch.no_grad():
-        b = F.kfac_reduce(x, 3)
+        b = F.kfac_reduce(x, (3,))
     assert a.shape == w.shape and b.shape == (1, 9, 9)

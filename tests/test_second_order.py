@@ -72,8 +72,8 @@ def test_output_factors(groups):
     expand = torch.einsum("bgio,bgjo->gij", gg, gg)
     s = gg.sum(-1)
     reduce = torch.einsum("bgi,bgj->gij", s, s)
-    torch.testing.assert_close(F.kfc_output(g, groups), expand)
-    torch.testing.assert_close(F.kfac_reduce_output(g, groups), reduce)
+    torch.testing.assert_close(F.kfc_output(g, groups, N=2), expand)
+    torch.testing.assert_close(F.kfac_reduce_output(g, groups, N=2), reduce)
 
 
 def test_squared_jacobian_diagrams_use_the_squared_weight():
@@ -88,7 +88,8 @@ def test_squared_jacobian_diagrams_use_the_squared_weight():
     (lambda: F.hessian_diagonal_weight(torch.randn(2, 3, 8), (4, 3, 3), torch.rand(2, 4, 5)), "output_diag"),
     (lambda: F.hessian_diagonal_input(torch.randn(4, 3, 3), (2, 3), torch.rand(2, 4, 6)), "input_size"),
     (lambda: F.ggn_diagonal_input(torch.randn(4, 3, 3), (2, 3, 8), torch.rand(2, 4, 6)), "sqrt_ggn"),
-    (lambda: F.kfc_output(torch.randn(2, 5, 3), groups=2), "groups"),
+    (lambda: F.kfc_output(torch.randn(2, 5, 3), groups=2, N=1), "groups"),
+    (lambda: F.kfc_output(torch.randn(2, 5, 3)), "N"),
     (lambda: F.mixed_second_derivative((1, 2, 3), (1, 1, 2)), "channels"),
     (lambda: F.weight_jacobian(torch.randn(1, 1, 3), (2, 1, 5)), "kernel_size"),
 ])

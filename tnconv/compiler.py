@@ -102,9 +102,16 @@ def _owned(value, operands) -> bool:
 
 
 def _selection(I, M, generator, dtype, device):
-    """One-hot ``[I, M]``: ``M`` of ``I`` indices without replacement, in increasing order."""
-    index = torch.randperm(I, generator=generator)[:M].sort().values.to(device)
+    """One-hot ``[I, M]``: ``M`` of ``I`` indices without replacement, in increasing order.
+
+    Drawn on the generator's device (the result's without one), so no tensor is made
+    on the CPU for another device; on ``meta`` only the shape exists.
+    """
     out = torch.zeros(I, M, dtype=dtype, device=device)
+    if device.type == "meta":
+        return out
+    index = torch.randperm(I, generator=generator, device=device if generator is None else generator.device)
+    index = index[:M].sort().values.to(device)
     out[index, torch.arange(M, device=device)] = 1
     return out
 
@@ -165,12 +172,17 @@ class Compiled:
         self.inputs = self.network.inputs
         self.selects = {t.name for term in self.network.terms for t in term.tensors if t.kind == "select"}
         self.generator = self.network.generator
+        self._size_names = frozenset(str(s) for s in self.network.size_symbols)
+        self._reset()
+
+    def _reset(self):
+        """An empty plan cache: the state that is not the compiled network's value."""
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._last = None
         self.cache_hits = 0
         self.cache_misses = 0
-        if autotune is None:
+        if self.autotune is None:  # plans made under the process-wide switch are dropped when it flips
             _switch.follow(self)
 
     def _autotune_changed(self):
@@ -183,11 +195,32 @@ class Compiled:
         """With ``trace=True``, ``(pass name, DOT text)`` after every pass (drawn on demand), else None."""
         return self.trace.dots() if self.trace is not None else None
 
+    # -- pickling: the network and options are the state; plans (closures over kernels) and the lock are
+    # rebuilt, the plans lazily on the first call of each shape
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for name in ("_cache", "_lock", "_last", "cache_hits", "cache_misses"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
     # -- calling ---------------------------------------------------------------
     def __call__(self, **kwargs) -> torch.Tensor:
         """Evaluate on the input tensors (by name); ints fix size symbols no input determines.
 
         ``dtype`` and ``device`` set the result's for networks without inputs.
+        """
+        plan = self.plan(**kwargs)
+        return plan(kwargs, kwargs.get("generator", self.generator))
+
+    def plan(self, **kwargs) -> "_ExecutionPlan":
+        """The execution plan for these arguments (as :meth:`__call__` takes them), from the cache or built.
+
+        Only the tensors' shapes, dtypes and devices are read, so stand-ins such as
+        ``x.new_empty(1).expand(shape)`` plan a call without its data.
         """
         try:
             key = tuple((kwargs[name].shape, kwargs[name].dtype, kwargs[name].device) for name in self.inputs)
@@ -209,7 +242,7 @@ class Compiled:
                 while len(self._cache) > PLAN_CACHE_SIZE:
                     self._cache.popitem(last=False)
         self._last = plan
-        return plan(kwargs, kwargs.get("generator", self.generator))
+        return plan
 
     def _check_call(self, kwargs) -> dict:
         """Validate the call's arguments; return the ones that are not input tensors."""
@@ -220,7 +253,7 @@ class Compiled:
             if not isinstance(kwargs[name], torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}")
         extras = {k: v for k, v in kwargs.items() if k not in self.inputs}
-        sizes = {str(s) for s in self.network.size_symbols}
+        sizes = self._size_names
         for name, value in extras.items():
             if name == "dtype":
                 if not isinstance(value, torch.dtype):

@@ -22,6 +22,8 @@ class Plan:
         with_scale: ``with_scale(s)`` is the plan times ``s`` at no extra pass over
             the result (a matrix product's ``alpha``); ``None`` when the compiler
             must scale the result itself.
+        native: for a plan that is one PyTorch convolution kernel on its operands as
+            given, what it calls (:class:`tnconv.lowering.native.NativeCall`); else ``None``.
     """
 
     run: Callable
@@ -32,6 +34,7 @@ class Plan:
     slices: int = 1
     write: float = 0.0
     with_scale: Optional[Callable[[float], "Plan"]] = None
+    native: object = None
 
     def __call__(self, *arrays):
         return self.run(*arrays)

@@ -32,7 +32,7 @@ def standard_kfc(x, kernel_size, stride=1, padding=0, dilation=1, groups=1) -> t
 
     Example:
         >>> x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
-        >>> torch.allclose(standard_kfc(x, 3, groups=2), tf.kfc(x, 3, groups=2))
+        >>> torch.allclose(standard_kfc(x, 3, groups=2), tf.kfc(x, (3, 3), groups=2))
         True
     """
     u = _unfold_groups(x, kernel_size, stride, padding, dilation, groups)
@@ -47,7 +47,7 @@ def standard_kfac_reduce(x, kernel_size, stride=1, padding=0, dilation=1, groups
 
     Example:
         >>> x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
-        >>> torch.allclose(standard_kfac_reduce(x, 3, groups=2), tf.kfac_reduce(x, 3, groups=2))
+        >>> torch.allclose(standard_kfac_reduce(x, 3, groups=2), tf.kfac_reduce(x, (3, 3), groups=2))
         True
     """
     u = _unfold_groups(x, kernel_size, stride, padding, dilation, groups)
@@ -137,7 +137,7 @@ def autotuned(fn: Callable) -> Callable:
 
     Example:
         >>> x = torch.randn(2, 3, 8, 8)
-        >>> torch.allclose(autotuned(lambda: tf.kfc(x, 3))(), tf.kfc(x, 3), atol=1e-5)
+        >>> torch.allclose(autotuned(lambda: tf.kfc(x, (3, 3)))(), tf.kfc(x, (3, 3)), atol=1e-5)
         True
     """
     from ..autotune import autotuning

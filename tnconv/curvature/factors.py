@@ -267,7 +267,7 @@ def gradient_factor(layer: Layer, grads: torch.Tensor, form: str, shared: bool =
         return (flat.T @ flat).unsqueeze(0)
     groups = 1 if shared else layer.groups
     fn = F.kfac_reduce_output if form == "reduce" else F.kfc_output
-    return fn(g, groups=groups)
+    return fn(g, groups=groups, N=g.ndim - 2)
 
 
 __all__ = ["input_factor", "input_factor_block", "Block", "gradient_factor", "INPUT_FORMS", "OUTPUT_FORMS"]

@@ -8,7 +8,7 @@ gradient is the unbatched weight VJP batched over ``x`` and ``grad_output``.
 from __future__ import annotations
 
 from .. import passes
-from .forward import conv
+from .forward import conv, conv_transpose
 
 
 def weight_vjp(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):
@@ -52,6 +52,53 @@ def input_jvp(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         ('w', 'tangent')
     """
     return passes.jvp(conv(N, kernel_size, stride, padding, dilation, groups), "x", "tangent")
+
+
+def conv_transpose_input_vjp(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Input VJP of a transpose convolution: inputs ``w`` ``[C_in, C_out/G, *K]`` and ``grad_output``, output ``[B, C_in, *I]``.
+
+    Cut ``x`` out of :func:`~tnconv.diagrams.conv_transpose`; the result is a
+    convolution of ``grad_output`` (the compiler lowers it to PyTorch's kernel).
+
+    Example:
+        >>> conv_transpose_input_vjp(N=1, kernel_size=3, stride=2).inputs
+        ('w', 'grad_output')
+    """
+    tn = conv_transpose(N, kernel_size, stride, padding, output_padding, dilation, groups)
+    return passes.vjp(tn, "x", "grad_output")
+
+
+def conv_transpose_weight_vjp(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Weight VJP of a transpose convolution: inputs ``x`` and ``grad_output``, output ``[C_in, C_out/G, *K]``.
+
+    Example:
+        >>> conv_transpose_weight_vjp(N=1, kernel_size=3, stride=2).inputs
+        ('x', 'grad_output')
+    """
+    tn = conv_transpose(N, kernel_size, stride, padding, output_padding, dilation, groups)
+    return passes.vjp(tn, "w", "grad_output")
+
+
+def conv_transpose_input_jvp(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Input JVP of a transpose convolution: inputs ``w`` and ``tangent`` (input-shaped), output ``[B, C_out, *O]``.
+
+    Example:
+        >>> conv_transpose_input_jvp(N=1, kernel_size=3).inputs
+        ('w', 'tangent')
+    """
+    tn = conv_transpose(N, kernel_size, stride, padding, output_padding, dilation, groups)
+    return passes.jvp(tn, "x", "tangent")
+
+
+def conv_transpose_weight_jvp(N, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """Weight JVP of a transpose convolution: inputs ``x`` and ``tangent`` (weight-shaped), output ``[B, C_out, *O]``.
+
+    Example:
+        >>> conv_transpose_weight_jvp(N=1, kernel_size=3).inputs
+        ('x', 'tangent')
+    """
+    tn = conv_transpose(N, kernel_size, stride, padding, output_padding, dilation, groups)
+    return passes.jvp(tn, "w", "tangent")
 
 
 def per_sample_weight_grad(N, kernel_size, stride=1, padding=0, dilation=1, groups=1):

@@ -1,14 +1,22 @@
 """``torch.nn.functional``-style operations, each a compiled diagram.
 
 Every function takes PyTorch's arguments in PyTorch's order, works for any
-number ``N >= 1`` of spatial dimensions (inferred from the tensors), validates
-its arguments before contracting anything, and compiles its diagram once per
-hyper-parameters; the compiled network caches one plan per shape.
+number ``N >= 1`` of spatial dimensions (from the weight, a shape argument, a
+tuple hyper-parameter or the keyword ``N``; a rank alone never decides it where
+two layouts share that rank), validates the ranks and everything else before
+contracting anything, and compiles its diagram once per hyper-parameters; the
+compiled network caches one plan per shape.
 """
 
 from .autodiff import input_jvp, input_vjp, per_sample_weight_grad, weight_jvp, weight_vjp
 from .curvature import ggn_diagonal, ggn_gram, kfac_reduce, kfac_reduce_transpose, kfc, kfc_transpose
 from .forward import conv, conv_transpose, fold, unfold, unfold_kernel, unfold_transpose
+from .per_sample import (
+    ggn_diagonal_transpose,
+    per_sample_weight_grad_sq_norm,
+    per_sample_weight_grad_sq_norm_transpose,
+    per_sample_weight_grad_transpose,
+)
 from .sampled import sample_input, sampled_weight_vjp
 from .second_order import (
     ggn_diagonal_input,
@@ -28,4 +36,7 @@ __all__ = [
     "hessian_diagonal_weight", "hessian_diagonal_input", "ggn_diagonal_input",
     "input_jacobian", "weight_jacobian", "mixed_second_derivative", "kfc_output", "kfac_reduce_output",
     "sample_input", "sampled_weight_vjp",
+    # per-sample gradients of transpose convolutions, squared norms, GGN diagonal of a transpose convolution
+    "per_sample_weight_grad_transpose", "per_sample_weight_grad_sq_norm", "per_sample_weight_grad_sq_norm_transpose",
+    "ggn_diagonal_transpose",
 ]

@@ -7,7 +7,7 @@ from functools import lru_cache
 import torch
 
 from .. import diagrams
-from .._args import ConvSpec, check_same, check_tensor
+from .._args import ConvSpec, check_same, check_size, check_tensor, ntuple
 from ..autotune.switch import autotune_enabled
 from ..compiler import compile as _compile
 from ..ir import output_size
@@ -59,14 +59,102 @@ def check_transpose_output(spec: ConvSpec, output_padding, spatial) -> None:
                              f"empty along spatial dimension {d}")
 
 
-def _batched(x, weight_ndim, name="x"):
+def _batched(x, weight_ndim, name="x", weight_name="weight"):
     """Allow PyTorch's unbatched input ``[C, *I]``; returns (batched x, squeeze?)."""
     if x.ndim == weight_ndim - 1:
         return x.unsqueeze(0), True
     if x.ndim != weight_ndim:
-        raise ValueError(f"{name} must have {weight_ndim} dimensions ([B, C, *spatial]) to match weight "
-                         f"with {weight_ndim}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be [B, C, *I] ({weight_ndim} dimensions) or unbatched [C, *I] ({weight_ndim - 1}) "
+                         f"to match {weight_name} with {weight_ndim} dimensions ({weight_ndim - 2} spatial), "
+                         f"got shape {tuple(x.shape)}")
     return x, False
+
+
+def spatial_dims(N, *hyper):
+    """The number of spatial dimensions of an operation no weight fixes it for.
+
+    ``N`` if given, else the length of the longest tuple among the hyper-parameters
+    ``hyper`` (``kernel_size``, ``stride``, ...; a 1-tuple stands for every dimension,
+    as in PyTorch); ``None`` when every one is an int or a string, and only the
+    input's rank is left to tell (see :func:`read_layout`).
+    """
+    if N is not None:
+        if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+            raise ValueError(f"N must be an int >= 1 (the number of spatial dimensions), got {N!r}")
+        return N
+    longest = 0
+    for value in hyper:
+        if isinstance(value, (tuple, list)) and len(value) > longest:
+            longest = len(value)
+    return longest or None
+
+
+#: Layouts by the number of dimensions before the spatial ones.
+LAYOUTS = {1: "unbatched [{c}, *{s}]", 2: "[B, {c}, *{s}]", 3: "[V, B, {c}, *{s}]"}
+
+
+def read_layout(x, N, name="x", lead=(1, 2), channels="C", spatial="I", hint="pass N") -> int:
+    """How many of ``x``'s dimensions precede the ``N`` spatial ones: 1 (unbatched), 2 (batched) or 3 (``[V, B, ...]``).
+
+    ``lead`` lists the layouts the operation accepts. With one layout, ``N`` may be
+    ``None`` (every hyper-parameter an int) and the rank fixes it. With several,
+    ``N`` must be known: a rank alone never fixes it, since every rank fits two
+    layouts (``[B, C, I1, I2]`` is a batch of 2-d inputs or one 3-d input, and one
+    missing or extra leading dimension turns either into the other), so that is a
+    ValueError listing the readings, never a guess.
+    """
+    rank = x.ndim
+    if N is None and len(lead) == 1 and rank > lead[0]:
+        return lead[0]
+    if N is None:
+        readings = sorted((l for l in lead if rank - l >= 1), key=(2, 3, 1).index)  # the batched reading first
+        if not readings:
+            raise ValueError(f"{name} must be {_layouts(lead, channels, spatial)} with at least one spatial dimension, "
+                             f"got shape {tuple(x.shape)}")
+        options = ", or ".join(f"{LAYOUTS[l].format(c=channels, s=spatial)} with N={rank - l}" for l in readings)
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, which reads as {options}; the number N of spatial "
+                         f"dimensions is not given and a rank alone does not fix it: {hint}")
+    if rank - N not in lead:
+        raise ValueError(f"{name} must be {_layouts(lead, channels, spatial, N)} for N={N} spatial dimensions, "
+                         f"got shape {tuple(x.shape)}")
+    return rank - N
+
+
+def _layouts(lead, channels, spatial, N=None) -> str:
+    return " or ".join(LAYOUTS[l].format(c=channels, s=spatial) + (f" (rank {N + l})" if N else "") for l in lead)
+
+
+def transpose_output_padding(spec: ConvSpec, output_padding, output_size, spatial, unbatched=False):
+    """``output_padding`` of a transpose convolution, from ``output_size`` when given, by PyTorch's rule.
+
+    ``output_size`` is the spatial size of the result, or its full shape (with batch
+    and channels, or channels only for an unbatched input), as
+    ``torch.nn.ConvTranspose*d.forward`` takes it; each entry must lie between the
+    size with ``output_padding = 0`` and that plus ``stride - 1``.
+    """
+    N = spec.N
+    output_padding = ntuple(output_padding, N, "output_padding", minimum=0)
+    if output_size is None:
+        return output_padding
+    if any(output_padding):
+        raise ValueError(f"output_size={output_size!r} sets output_padding; pass one of them, got also "
+                         f"output_padding={output_padding}")
+    size = check_size(output_size, "output_size")
+    lead = 1 if unbatched else 2
+    if len(size) == N + lead:
+        size = size[lead:]
+    if len(size) != N:
+        raise ValueError(f"output_size must have {N} or {N + lead} entries for a {N}-d transpose convolution of a "
+                         f"{N + lead}-d input, got {len(size)}: {output_size!r}")
+    smallest, largest = [], []
+    for d, I in enumerate(spatial):
+        K, S, (pl, pr), D = spec.kernel_size[d], spec.stride[d], spec.padding[d], spec.dilation[d]
+        smallest.append((I - 1) * S - pl - pr + D * (K - 1) + 1)
+        largest.append(smallest[-1] + S - 1)
+    if any(not lo <= n <= hi for n, lo, hi in zip(size, smallest, largest)):
+        raise ValueError(f"requested an output size of {list(size)}, but valid sizes range from {smallest} to {largest} "
+                         f"(for an input of {list(spatial)})")
+    return tuple(n - lo for n, lo in zip(size, smallest))
 
 
 def _check_groups(groups):
@@ -93,7 +181,7 @@ def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups, x_na
     keyed on them; ``True`` and ``1.0`` are not plain, so they still get their errors).
     """
     args = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, x_name, weight_name)
-    if all(_plain(a) for a in args):
+    if all(_plain(a) for a in args) and not torch.compiler.is_compiling():  # dynamo traces no lru_cache
         return _cached_geometry(*args)
     return _geometry(*args)
 
@@ -112,8 +200,10 @@ def _geometry(x_shape, weight_shape, stride, padding, dilation, groups, x_name, 
     if len(weight_shape) < 3:
         raise ValueError(f"{weight_name} must have at least 3 dimensions ([C_out, C_in/groups, *K]), got {tuple(weight_shape)}")
     if len(x_shape) != len(weight_shape):
-        raise ValueError(f"{x_name} must have {len(weight_shape)} dimensions ([B, C_in, *spatial]) to match "
-                         f"{weight_name} {tuple(weight_shape)}, got {tuple(x_shape)}")
+        unbatched = (" (batched only: give one sample a batch dimension of size 1)"
+                     if len(x_shape) == len(weight_shape) - 1 else "")
+        raise ValueError(f"{x_name} must be [B, C_in, *I] with {len(weight_shape)} dimensions to match "
+                         f"{weight_name} {tuple(weight_shape)}{unbatched}, got {tuple(x_shape)}")
     N = len(weight_shape) - 2
     C_in, C_out = x_shape[1], weight_shape[0]
     if C_out % groups:

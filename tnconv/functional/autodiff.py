@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from .._args import check_same, check_size, check_tensor
-from ._common import _freeze, check_grad_output, compiled, conv_geometry
+from ._common import _batched, _freeze, check_grad_output, compiled, conv_geometry
+from ._dispatch import FastPath, compiling, op_hyper
+
+_WEIGHT_VJP, _INPUT_VJP = FastPath(), FastPath()
 
 
 def _hyper(N, spec):
@@ -16,7 +19,7 @@ def weight_vjp(x, weight_size, grad_output, stride=1, padding=0, dilation=1, gro
     """Gradient with respect to the weight, same as ``torch.nn.grad.conv{1,2,3}d_weight``, any N.
 
     Args:
-        x: the convolution's input ``[B, C_in, *I]``.
+        x: the convolution's input ``[B, C_in, *I]`` (batched only, as in PyTorch).
         weight_size: the weight's shape ``[C_out, C_in/groups, *K]``.
         grad_output: ``[B, C_out, *O]``.
 
@@ -26,11 +29,19 @@ def weight_vjp(x, weight_size, grad_output, stride=1, padding=0, dilation=1, gro
         >>> torch.allclose(weight_vjp(x, w.shape, g), torch.nn.grad.conv1d_weight(x, w.shape, g), atol=1e-5)
         True
     """
-    check_tensor(x, "x", min_ndim=3)
-    weight_size = check_size(weight_size, "weight_size", x.ndim)
+    hyper = (weight_size, stride, padding, dilation, groups)
+    run = _WEIGHT_VJP.get(x, grad_output, None, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(x=x, grad_output=grad_output)
+    check_tensor(x, "x")
+    weight_size = check_size(weight_size, "weight_size")
     N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
     check_grad_output(grad_output, (x.shape[0], weight_size[0]) + O, x)
-    return compiled("weight_vjp", **_hyper(N, spec))(x=x, grad_output=grad_output)
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.conv_weight_vjp(x, list(weight_size), grad_output, *op_hyper(spec), groups)
+    fn = compiled("weight_vjp", **_hyper(N, spec))
+    _WEIGHT_VJP.put(x, grad_output, None, hyper, fn)
+    return fn(x=x, grad_output=grad_output)
 
 
 def input_vjp(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -46,11 +57,18 @@ def input_vjp(input_size, weight, grad_output, stride=1, padding=0, dilation=1, 
         >>> torch.allclose(input_vjp((2, 3, 8), w, g), torch.nn.grad.conv1d_input((2, 3, 8), w, g), atol=1e-5)
         True
     """
+    hyper = (input_size, stride, padding, dilation, groups)
+    run = _INPUT_VJP.get(weight, grad_output, None, hyper)  # a repeated call signature: validated before
+    if run is not None:
+        return run(w=weight, grad_output=grad_output)
     check_tensor(weight, "weight", min_ndim=3)
-    input_size = check_size(input_size, "input_size", weight.ndim)
+    input_size = check_size(input_size, "input_size")
     N, spec, O = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
     check_grad_output(grad_output, (input_size[0], weight.shape[0]) + O, weight, "grad_output")
+    if compiling():  # torch.compile sees the custom operator, not the plan cache
+        return torch.ops.tnconv.conv_input_vjp(list(input_size), weight, grad_output, *op_hyper(spec), groups)
     fn = compiled("input_vjp", input_size=tuple(input_size[2:]), **_hyper(N, spec))
+    _INPUT_VJP.put(weight, grad_output, None, hyper, fn)
     return fn(w=weight, grad_output=grad_output)
 
 
@@ -61,7 +79,7 @@ def weight_jvp(x, weight_tangent, stride=1, padding=0, dilation=1, groups=1) -> 
     here it is computed from the JVP diagram.
 
     Args:
-        x: ``[B, C_in, *I]``.
+        x: ``[B, C_in, *I]`` (or unbatched ``[C_in, *I]``, as the convolution takes it).
         weight_tangent: weight-shaped ``[C_out, C_in/groups, *K]``.
 
     Example:
@@ -69,18 +87,20 @@ def weight_jvp(x, weight_tangent, stride=1, padding=0, dilation=1, groups=1) -> 
         >>> torch.allclose(weight_jvp(x, t), torch.nn.functional.conv1d(x, t), atol=1e-5)
         True
     """
-    check_tensor(x, "x", min_ndim=3)
     check_tensor(weight_tangent, "weight_tangent", min_ndim=3)
+    check_tensor(x, "x")
+    x, squeeze = _batched(x, weight_tangent.ndim, weight_name="weight_tangent")
     check_same(x, "x", weight_tangent, "weight_tangent")
     N, spec, _ = conv_geometry(x.shape, weight_tangent.shape, stride, padding, dilation, groups, weight_name="weight_tangent")
-    return compiled("weight_jvp", **_hyper(N, spec))(x=x, tangent=weight_tangent)
+    y = compiled("weight_jvp", **_hyper(N, spec))(x=x, tangent=weight_tangent)
+    return y.squeeze(0) if squeeze else y
 
 
 def input_jvp(input_tangent, weight, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
     """Jacobian-vector product with an input tangent: ``∂conv(x, w)/∂x · input_tangent``.
 
     Args:
-        input_tangent: input-shaped ``[B, C_in, *I]``.
+        input_tangent: input-shaped ``[B, C_in, *I]`` (or unbatched ``[C_in, *I]``).
         weight: ``[C_out, C_in/groups, *K]``.
 
     Example:
@@ -88,11 +108,13 @@ def input_jvp(input_tangent, weight, stride=1, padding=0, dilation=1, groups=1) 
         >>> torch.allclose(input_jvp(t, w), torch.nn.functional.conv1d(t, w), atol=1e-5)
         True
     """
-    check_tensor(input_tangent, "input_tangent", min_ndim=3)
     check_tensor(weight, "weight", min_ndim=3)
+    check_tensor(input_tangent, "input_tangent")
+    input_tangent, squeeze = _batched(input_tangent, weight.ndim, "input_tangent")
     check_same(weight, "weight", input_tangent, "input_tangent")
     N, spec, _ = conv_geometry(input_tangent.shape, weight.shape, stride, padding, dilation, groups, x_name="input_tangent")
-    return compiled("input_jvp", **_hyper(N, spec))(w=weight, tangent=input_tangent)
+    y = compiled("input_jvp", **_hyper(N, spec))(w=weight, tangent=input_tangent)
+    return y.squeeze(0) if squeeze else y
 
 
 def per_sample_weight_grad(x, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
@@ -104,8 +126,8 @@ def per_sample_weight_grad(x, weight_size, grad_output, stride=1, padding=0, dil
         >>> per.shape, torch.allclose(per.sum(0), weight_vjp(x, (4, 3, 3), g), atol=1e-5)
         (torch.Size([2, 4, 3, 3]), True)
     """
-    check_tensor(x, "x", min_ndim=3)
-    weight_size = check_size(weight_size, "weight_size", x.ndim)
+    check_tensor(x, "x")
+    weight_size = check_size(weight_size, "weight_size")
     N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
     check_grad_output(grad_output, (x.shape[0], weight_size[0]) + O, x)
     return compiled("per_sample_weight_grad", **_hyper(N, spec))(x=x, grad_output=grad_output)

@@ -23,7 +23,7 @@ from .. import diagrams, passes
 from .._args import ConvSpec, check_size, check_tensor
 from ..compiler import MAX_ELEMENTS, compile as _compile
 from ..passes.crs import keep_count
-from ._common import BACKEND, _freeze, check_grad_output, conv_geometry
+from ._common import BACKEND, _freeze, check_grad_output, conv_geometry, read_layout, spatial_dims
 
 
 def check_keep(crs_keep, N: int):
@@ -41,15 +41,20 @@ def check_keep(crs_keep, N: int):
 
 
 def _draw(size, keep, generator, device):
-    return torch.randperm(size, generator=generator)[:keep].sort().values.to(device)
+    """``keep`` of ``range(size)`` without replacement, sorted, drawn on the generator's device."""
+    if device.type == "meta":  # shapes only: no generator can draw meta values
+        return torch.arange(keep, device=device)
+    index = torch.randperm(size, generator=generator, device=device if generator is None else generator.device)
+    return index[:keep].sort().values.to(device)
 
 
-def sample_input(x, crs_keep, groups=1, generator=None):
+def sample_input(x, crs_keep, groups=1, generator=None, *, N=None):
     """The sampled sub-tensor of ``x`` ``[B, C, *I]`` and the kept indices per axis.
 
     Channels are sampled within each group (the same count per group); the
     returned channel indices have shape ``[G, M_c]`` (within-group positions),
-    the spatial ones ``[M_d]``.
+    the spatial ones ``[M_d]``. ``N`` (the number of spatial axes) is the length of
+    a tuple ``crs_keep`` minus one, or ``N``, or else ``x.ndim - 2``; ``x`` is batched only.
 
     Example:
         >>> x = torch.randn(2, 4, 10, 10)
@@ -57,10 +62,15 @@ def sample_input(x, crs_keep, groups=1, generator=None):
         >>> sub.shape, idx[0].shape
         (torch.Size([2, 2, 6, 10]), torch.Size([2, 1]))
     """
-    check_tensor(x, "x", min_ndim=3)
+    check_tensor(x, "x")
+    if N is None and isinstance(crs_keep, (tuple, list)) and len(crs_keep) >= 2:
+        N = len(crs_keep) - 1
+        if x.ndim != N + 2:
+            raise ValueError(f"x must be [B, C, *I] with {N + 2} dimensions to match the {N + 1} entries of crs_keep "
+                             f"(channels, then each spatial axis), got shape {tuple(x.shape)}")
+    N = x.ndim - read_layout(x, spatial_dims(N), lead=(2,))
     if x.numel() > MAX_ELEMENTS:  # an expanded view can claim any size; the draws would not fit
         raise ValueError(f"x has {x.numel()} elements, more than MAX_ELEMENTS={MAX_ELEMENTS}; check its shape")
-    N = x.ndim - 2
     crs_keep = check_keep(crs_keep, N)
     B, C = x.shape[:2]
     if isinstance(groups, bool) or not isinstance(groups, int):
@@ -113,16 +123,17 @@ def _check_indices(x_sub, indices, input_size, groups):
             raise ValueError(f"indices[{d + 1}] must be 1-d with x_sub.shape[{d + 2}]={x_sub.shape[2 + d]} entries, "
                              f"got shape {tuple(idx.shape)}")
     for d, (idx, size) in enumerate(zip(indices, (input_size[1] // groups,) + tuple(input_size[2:]))):
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        # values are checked where reading them costs no device synchronisation (and meta has none);
+        # elsewhere the one-hot scatter's own bounds check fails on a bad index
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
             raise ValueError(f"indices[{d}] must lie in [0, {size}), got values from {int(idx.min())} to {int(idx.max())}")
     if x_sub.shape[0] != input_size[0]:
         raise ValueError(f"x_sub has batch size {x_sub.shape[0]} but input_size has {input_size[0]}")
 
 
 def _one_hot(idx, size, dtype):
-    out = torch.zeros(size, idx.numel(), dtype=dtype, device=idx.device)
-    out[idx, torch.arange(idx.numel(), device=idx.device)] = 1
-    return out
+    """``[size, M]`` with a one in row ``idx[m]`` of column ``m``; a comparison, so ``vmap`` batches it."""
+    return (torch.arange(size, device=idx.device).unsqueeze(1) == idx.unsqueeze(0)).to(dtype)
 
 
 def sampled_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
@@ -141,26 +152,42 @@ def sampled_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, str
         torch.Size([4, 3, 3])
     """
     input_size = check_size(input_size, "input_size")
-    weight_size = check_size(weight_size, "weight_size", len(input_size))
+    weight_size = check_size(weight_size, "weight_size")
     N, spec, O = conv_geometry(input_size, weight_size, stride, padding, dilation, groups,
                                x_name="input_size", weight_name="weight_size")
     check_tensor(x_sub, "x_sub", ndim=N + 2)
     _check_indices(x_sub, indices, input_size, groups)
     check_grad_output(grad_output, (input_size[0], weight_size[0]) + O, x_sub)
+    return estimate_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, stride, padding, dilation, groups)
+
+
+def estimate_weight_vjp(x_sub, indices, input_size, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+    """:func:`sampled_weight_vjp` without checking its arguments.
+
+    Nothing here reads the indices' values in Python, so it runs under ``torch.func.vmap``
+    with indices that differ per vmapped call (``randomness="different"``).
+
+    Example:
+        >>> x, g = torch.randn(8, 3, 12), torch.randn(8, 4, 10)
+        >>> sub, idx = sample_input(x, (0.5, 1.0))
+        >>> estimate_weight_vjp(sub, idx, x.shape, (4, 3, 3), g).shape
+        torch.Size([4, 3, 3])
+    """
+    N = len(input_size) - 2
+    spec = ConvSpec.make(N, tuple(weight_size[2:]), stride, padding, dilation, groups)
     channels, spatial_idx = indices[0], indices[1:]
-    keeps = tuple(idx.numel() / size for idx, size in zip(spatial_idx, input_size[2:]))
+    keeps = tuple(idx.shape[-1] / size for idx, size in zip(spatial_idx, input_size[2:]))
     fn = _network(N, spec.kernel_size, spec.stride, spec.padding, spec.dilation, groups, keeps)
     selections = {f"crs_i{d + 1}": _one_hot(idx, size, x_sub.dtype)
                   for d, (idx, size, keep) in enumerate(zip(spatial_idx, input_size[2:], keeps)) if keep < 1}
     grad = fn(x=x_sub, grad_output=grad_output, **selections)  # [C_out, M_c, *K]
-    per_group, m_c = weight_size[1], channels.shape[1]
+    per_group, m_c = weight_size[1], channels.shape[-1]
     if m_c == per_group:
         return grad
     out_per_group = weight_size[0] // groups
-    full = torch.zeros(weight_size, dtype=grad.dtype, device=grad.device).view(groups, out_per_group, per_group, -1)
+    full = grad.new_zeros(groups, out_per_group, per_group, grad[0, 0].numel())
     index = channels.view(groups, 1, m_c, 1).expand(groups, out_per_group, m_c, full.shape[-1])
-    full.scatter_(2, index, grad.reshape(groups, out_per_group, m_c, -1) * (per_group / m_c))
-    return full.view(weight_size)
+    return full.scatter(2, index, grad.reshape(groups, out_per_group, m_c, -1) * (per_group / m_c)).view(weight_size)
 
 
 __all__ = ["sample_input", "sampled_weight_vjp"]

@@ -36,6 +36,23 @@ def transpose_input_size(I: Size, K: int, S: int, pad_left: int, pad_right: int,
     return (I - 1) * S - pad_left - pad_right + D * (K - 1) + output_padding + 1
 
 
+def pattern_empty(I: int, O: int, K: int, S: int, pad_left: int, D: int) -> bool:
+    """Whether Π has no non-zero: every window ``(o, k)`` lies in the padding, so nothing it joins sees the input.
+
+    Example:
+        >>> pattern_empty(1, 2, 1, 2, 1, 1)  # one pixel, padding 1 on each side, stride 2: both windows miss it
+        True
+        >>> pattern_empty(5, 3, 3, 1, 0, 1)
+        False
+    """
+    for k in range(K):
+        first = k * D - pad_left  # the input index of window (0, k); window (o, k) reads first + o * S
+        lowest = max(0, -(first // S))  # the first window of tap k inside the input's left edge
+        if lowest < O and first + lowest * S < I:
+            return False
+    return True
+
+
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 256
 _LOCK = threading.Lock()
@@ -56,13 +73,11 @@ def pattern_tensor(I: int, O: int, K: int, S: int, pad_left: int, D: int, dtype=
         if cached is not None:
             _CACHE.move_to_end(key)
             return cached
-    o = torch.arange(O, device=device).view(O, 1)
-    k = torch.arange(K, device=device).view(1, K)
-    i = k * D + o * S - pad_left
-    pattern = torch.zeros(I, O, K, dtype=dtype, device=device)
-    valid = (i >= 0) & (i < I)
-    oo, kk = torch.nonzero(valid, as_tuple=True)
-    pattern[i[valid], oo, kk] = 1
+    # a comparison, not nonzero + scatter: no data-dependent shapes, so it runs on any device
+    # (meta included) without a host synchronisation
+    i = torch.arange(I, device=device).view(I, 1, 1)
+    hit = torch.arange(O, device=device).view(1, O, 1) * S + torch.arange(K, device=device).view(1, 1, K) * D - pad_left
+    pattern = (i == hit).to(dtype)
     with _LOCK:
         _CACHE[key] = pattern
         if len(_CACHE) > _CACHE_SIZE:

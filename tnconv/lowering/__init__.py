@@ -15,6 +15,10 @@ measurement can rank: each backend's plain contraction, pointwise terms as
 one ``bmm`` (:mod:`.matmul`), other PyTorch kernels (:func:`.native.variants`),
 Gram products in blocks or by their upper triangle (:mod:`.gram`) and window
 sums (:mod:`.reduce`).
+
+A term that is a network times a renamed copy of itself (a squared norm, a GGN
+diagonal) may also compute that half once, by its own best lowering, and
+square it (:mod:`.square`), whenever any lowering is allowed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 
 from ..backends.base import Plan
 from ..ir.pattern import pattern_sum
-from . import gram, matmul, native, views
+from . import gram, matmul, native, square, views
 from . import reduce as reduction
 
 LOWERINGS = ("native", "views")
@@ -109,6 +113,12 @@ def candidates(term, sizes: dict, dtype, plan_backend, memory_limit, lowering: S
         patterns = views.find(term)
         if patterns:
             found += _view_candidates(term, legs, patterns, sizes, output, plan_backend, memory_limit, backends)
+    if lowering:  # a Hadamard square: its half once, by its own best lowering, squared (lowering/square.py)
+        halves = square.find(term)
+        if halves:
+            positions, plan = square.plan(term, halves, sizes, lambda half: lower(
+                half, sizes, dtype, plan_backend, memory_limit, lowering, cap))
+            found.append(Candidate("square", positions, plan))
     found.append(Candidate("plain", everything, _presummed(legs, output, sizes, plan_backend, memory_limit)))
     if backends is not None:
         for name, backend in backends.items():

@@ -37,12 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ..backends.base import Plan
+from ..ir.pattern import pattern_empty
 from . import views
 
 #: dtypes PyTorch's convolution kernels take on every device.
 NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,32 @@ class ConvTemplate:
     attrs: Tuple[dict, ...]
     summed: Tuple[Tuple[int, ...], Tuple[int, ...]] = ((), ())  # axes of each operand only it carries
     flat: Tuple[str, ...] = ()  # a pattern-free term: X-and-Y legs run as one spatial axis of a 1x1 kernel
+
+
+@dataclass(frozen=True)
+class NativeCall:
+    """What a native plan runs when it is exactly one PyTorch kernel call on its operands.
+
+    Set on the plan (``Plan.native``) only when nothing happens around the kernel but
+    reshapes: symmetric padding, no pre-summed axes, no permutation of an operand or the
+    result. ``shapes`` maps each role (``"x"``, ``"w"``, ``"y"``) to the shape the kernel
+    sees; an operand of exactly that shape reaches the kernel untouched.
+
+    Example:
+        >>> import torch, tnconv
+        >>> f = tnconv.compile(tnconv.diagrams.conv(N=1, kernel_size=3, padding=1))
+        >>> plan = f.plan(x=torch.randn(2, 3, 8), w=torch.randn(4, 3, 3))
+        >>> plan.terms[0].plan.native
+        NativeCall(role='y', operands=('x', 'w'), stride=(1,), padding=(1,), dilation=(1,), groups=1, shapes=(('x', (2, 3, 8)), ('w', (4, 3, 3)), ('y', (2, 4, 8))))
+    """
+
+    role: str  # what the term computes: "y" forward, "x" input VJP, "w" weight VJP
+    operands: Tuple[str, str]  # the roles of the plan's two operands, in order
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+    shapes: Tuple[Tuple[str, Tuple[int, ...]], ...]
 
 
 def match(term) -> Optional[ConvTemplate]:
@@ -214,6 +242,15 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: s
     padding = left if symmetric else (0,) * N
     explicit = [p for l, r in zip(reversed(left), reversed(right)) for p in (l, r)]
     Ip = I if symmetric else tuple(i + l + r for i, l, r in zip(I, left, right))
+    # PyTorch's half-precision CPU forward kernels (oneDNN, torch 2.13) go wrong on degenerate windows: off by up
+    # to 1e32 when the innermost output has one position and a stride > 1 (pytorch/pytorch#169688), garbage or NaN
+    # when the input is shorter than the dilated kernel, a segfault now and then when every window of a dimension
+    # lies in the padding. The same convolution with the padding made explicit and the stride of a one-position
+    # output set to 1 (which changes nothing) is right, so half precision runs such terms that way.
+    fragile = t.output_role == "y" and (
+        any(i < (k - 1) * d + 1 or pattern_empty(i, o, k, s, l, d) for i, o, k, s, d, l in zip(I, O, K, S, D, left))
+        or O[-1] == 1 and S[-1] > 1)
+    safe_stride = tuple(1 if o == 1 else s for s, o in zip(S, O))
 
     layouts = {  # role -> (leg order, canonical shape)
         "x": (t.batch + t.group + t.c_in + (tuple(i for i, _, _ in t.spatial) or t.flat), (Bf, Gf * Ci) + I),
@@ -262,8 +299,12 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: s
                     result = result.narrow(2 + axis, 0, k)
             result = result.transpose(0, 1)
         elif t.output_role == "y":
-            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
-            result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
+            if fragile and ops["x"].dtype in _HALF:
+                x = views.pad_crop(ops["x"], explicit).contiguous()
+                result = _CONV[N](x, ops["w"], None, safe_stride, 0, D, groups)
+            else:
+                x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
+                result = _CONV[N](x, ops["w"], None, S, padding, D, groups)
         elif t.output_role == "w":
             x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
             weight = x.new_empty(1).expand(layouts["w"][1])
@@ -288,8 +329,43 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: s
     write = out_elements + (0 if symmetric else Bf * Gf * Ci * prod(Ip))
     if kernel == "transposed":  # the kernel copies both operands into its layout
         write += Bf * Gf * (Ci * prod(Ip) + Co * prod(O))
+    if t.output_role == "w" and groups > 1 and Bf == 1:
+        # a weight VJP with the batch among its groups (a per-sample gradient: one sample, B·G groups): PyTorch's
+        # CPU kernel (oneDNN) computes it in a blocked layout and reorders it into PyTorch's, one more copy of the
+        # result (aten::copy_ of its size in the profiler), which is most of what it writes. Counted, the strided
+        # view with one batched product wins where it is faster: ResNet-18's last stages at 32x32, 2-4x.
+        write += out_elements
+    direct = kernel == "default" and symmetric and t.spatial and not any(t.summed) and to_output is None \
+        and all(p[1] is None for p in prepare) and not fragile  # a caller running the kernel directly would not make the half-precision call safe
+    call = NativeCall(t.output_role, t.operands, S, padding, D, groups,
+                      tuple((role, layouts[role][1]) for role in "xwy")) if direct else None
     return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest,
-                write=write)
+                write=write, native=call)
+
+
+def broadcast_vector(term) -> Optional[Tuple[str, int]]:
+    """``(name, axis)`` when ``term`` is one input vector broadcast along output axis ``axis``.
+
+    That is a bias: the input's only axis carries exactly the legs of that output
+    axis, in order, every other tensor is a constant 1, and the scale is 1, so the
+    term's value at any output position is the vector's entry on that axis.
+
+    Example:
+        >>> from tnconv import diagrams
+        >>> conv, bias = diagrams.conv(N=2, kernel_size=3, bias=True).terms
+        >>> broadcast_vector(bias), broadcast_vector(conv)
+        (('b', 1), None)
+    """
+    inputs = [t for t in term.tensors if t.kind == "input"]
+    if len(inputs) != 1 or len(inputs[0].axes) != 1 or term.scale != 1:
+        return None
+    if any(t.kind != "constant" or t.attr["value"] != 1 for t in term.tensors if t is not inputs[0]):
+        return None
+    legs = tuple(leg.name for leg in inputs[0].axes[0])
+    for axis, output in enumerate(term.output):
+        if tuple(leg.name for leg in output) == legs:
+            return inputs[0].name, axis
+    return None
 
 
 def applicable(template: Optional[ConvTemplate], dtype) -> bool:
@@ -297,4 +373,5 @@ def applicable(template: Optional[ConvTemplate], dtype) -> bool:
     return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
 
 
-__all__ = ["ConvTemplate", "match", "plan", "variants", "applicable", "NATIVE_DTYPES", "VARIANTS"]
+__all__ = ["ConvTemplate", "NativeCall", "match", "plan", "variants", "applicable", "broadcast_vector", "NATIVE_DTYPES",
+           "VARIANTS"]

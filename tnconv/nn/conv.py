@@ -2,10 +2,11 @@
 
 The layers subclass PyTorch's, so constructor arguments, parameter names,
 initialization and ``state_dict`` are PyTorch's own; only the convolution is
-replaced: the forward pass is the compiled convolution diagram and the
-backward pass the VJP diagrams derived from it, wired in through a
-``torch.autograd.Function`` in the ``setup_context`` style so that
-``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``) compose with it.
+replaced, by :func:`tnconv.ops.conv`: the forward pass is the compiled
+convolution diagram, the backward pass the VJP diagrams derived from it and
+forward-mode AD the derived JVP diagrams, wired in through a
+``torch.autograd.Function`` (``torch.func`` transforms compose with it) in
+eager mode and through custom operators under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -14,109 +15,8 @@ import torch
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.utils import _ntuple
 
-from .. import functional as F
 from ..functional.sampled import check_keep
-
-
-class ConvFunction(torch.autograd.Function):
-    """``conv(x, weight, bias)`` whose backward runs tnconv's derived VJPs.
-
-    The backward pass is built from differentiable contractions, so it can be
-    differentiated again (``gradgradcheck``).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, weight, bias, stride, padding, dilation, groups):
-        return F.conv(x, weight, bias, stride, padding, dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, stride, padding, dilation, groups = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.hyper = (stride, padding, dilation, groups)
-        ctx.has_bias = bias is not None
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.hyper
-        unbatched = x.ndim == weight.ndim - 1
-        if unbatched:
-            x, grad_output = x.unsqueeze(0), grad_output.unsqueeze(0)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.input_vjp(tuple(x.shape), weight, grad_output, stride, padding, dilation, groups)
-            grad_x = grad_x.squeeze(0) if unbatched else grad_x
-        if ctx.needs_input_grad[1]:
-            grad_w = F.weight_vjp(x, tuple(weight.shape), grad_output, stride, padding, dilation, groups)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_output.sum(dim=(0,) + tuple(range(2, grad_output.ndim)))
-        return grad_x, grad_w, grad_b, None, None, None, None
-
-
-class SampledConvFunction(torch.autograd.Function):
-    """``conv(x, weight, bias)`` that saves only a column-row-sampled part of ``x``.
-
-    The forward pass and the input VJP are exact; the weight VJP is the
-    unbiased estimate of :func:`tnconv.functional.sampled_weight_vjp` from
-    the sub-tensor kept by :func:`tnconv.functional.sample_input`.
-    """
-
-    @staticmethod
-    def forward(x, weight, bias, stride, padding, dilation, groups, crs_keep, generator):
-        return F.conv(x, weight, bias, stride, padding, dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, stride, padding, dilation, groups, crs_keep, generator = inputs
-        unbatched = x.ndim == weight.ndim - 1
-        x = x.unsqueeze(0) if unbatched else x
-        if ctx.needs_input_grad[1]:
-            x_sub, indices = F.sample_input(x, crs_keep, groups, generator)
-        else:
-            x_sub, indices = x[:0], []
-        ctx.save_for_backward(x_sub, weight, *indices)
-        ctx.meta = (tuple(x.shape), unbatched, stride, padding, dilation, groups, bias is not None)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        x_sub, weight, *indices = ctx.saved_tensors
-        input_size, unbatched, stride, padding, dilation, groups, has_bias = ctx.meta
-        grad_output = grad_output.unsqueeze(0) if unbatched else grad_output
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.input_vjp(input_size, weight, grad_output, stride, padding, dilation, groups)
-            grad_x = grad_x.squeeze(0) if unbatched else grad_x
-        if ctx.needs_input_grad[1]:
-            grad_w = F.sampled_weight_vjp(x_sub, indices, input_size, tuple(weight.shape), grad_output, stride, padding,
-                                          dilation, groups)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_output.sum(dim=(0,) + tuple(range(2, grad_output.ndim)))
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
-
-
-def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, crs_keep=None, generator=None) -> torch.Tensor:
-    """Convolution with tnconv's forward and backward passes (see :class:`ConvFunction`).
-
-    With ``crs_keep`` (keep probabilities for the channel axis, then each
-    spatial axis), the backward pass estimates the weight gradient from a
-    sampled part of ``x`` — the only part saved (see :class:`SampledConvFunction`).
-
-    Example:
-        >>> x = torch.randn(2, 3, 8, requires_grad=True)
-        >>> w = torch.randn(4, 3, 3, requires_grad=True)
-        >>> conv(x, w).sum().backward()
-        >>> w.grad.shape
-        torch.Size([4, 3, 3])
-        >>> conv(x, w, crs_keep=(1.0, 0.5)).sum().backward()
-    """
-    if crs_keep is not None:
-        keep = check_keep(crs_keep, weight.ndim - 2)
-        if any(p < 1 for p in keep):
-            return SampledConvFunction.apply(x, weight, bias, stride, padding, dilation, groups, keep, generator)
-    return ConvFunction.apply(x, weight, bias, stride, padding, dilation, groups)
+from ..ops.convolution import ConvFunction, SampledConvFunction, conv
 
 
 class _TNConvMixin:
@@ -146,6 +46,9 @@ class _TNConvMixin:
     def extra_repr(self):
         extra = super().extra_repr()
         return extra + (f", crs_keep={self.crs_keep}" if self.crs_keep is not None else "")
+
+    def _get_name(self):
+        return "tnconv." + type(self).__name__
 
 
 def _with_crs(base):
@@ -244,34 +147,4 @@ class ConvNd(_TNConvMixin, _ConvNd):
         return self._conv_forward(input, self.weight, self.bias)
 
 
-def convert(module: torch.nn.Module, crs_keep=None, generator=None) -> torch.nn.Module:
-    """Replace every ``torch.nn.Conv1d/2d/3d`` inside ``module`` by its tnconv twin, in place.
-
-    Weights are shared (the same ``Parameter`` objects), so optimizers and
-    state_dicts keep working. ``crs_keep`` (a float, or keep probabilities for
-    the channel axis then each spatial axis) switches on column-row sampling
-    in every converted layer's backward pass. Returns ``module``.
-
-    Example:
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())
-        >>> type(convert(net)[0]).__name__
-        'Conv2d'
-        >>> isinstance(net[0], _TNConvMixin)
-        True
-    """
-    twins = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.Conv3d: Conv3d}
-    for name, child in module.named_children():
-        twin = twins.get(type(child))
-        if twin is not None:
-            new = twin.__new__(twin)
-            new.__dict__.update(child.__dict__)
-            new._setup_crs(crs_keep, generator)
-            setattr(module, name, new)
-        elif isinstance(child, _TNConvMixin):
-            child._setup_crs(crs_keep, generator)
-        else:
-            convert(child, crs_keep, generator)
-    return module
-
-
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvNd", "ConvFunction", "SampledConvFunction", "conv", "convert"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvNd", "ConvFunction", "SampledConvFunction", "conv"]

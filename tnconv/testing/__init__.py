@@ -1,12 +1,13 @@
 """Testing helpers: slow reference implementations, random configurations, hypothesis strategies.
 
 ``tnconv.testing.strategies`` needs ``hypothesis`` (the ``test`` extra) and is
-imported on first use.
+imported on first use; ``tnconv.testing.calls`` calls every functional on a configuration.
 """
 
-from .references import ConvConfig, conv, conv_transpose, fold, patches, random_config, unfold
+from .references import WIDE, ConvConfig, conv, conv_transpose, draw_config, fold, patches, random_config, unfold
 
-__all__ = ["ConvConfig", "conv", "conv_transpose", "fold", "patches", "random_config", "unfold", "strategies"]
+__all__ = ["ConvConfig", "conv", "conv_transpose", "fold", "patches", "random_config", "draw_config", "WIDE", "unfold",
+           "strategies"]
 
 
 def __getattr__(name):

@@ -148,17 +148,117 @@ class ConvConfig:
                      zip(self.input_size, pads, self.dilation, self.kernel_size, self.stride))
 
 
-def random_config(rng: random.Random, N: int, max_size: int = 9, asymmetric: bool = False, allow_same: bool = True) -> ConvConfig:
+#: Settings of :func:`draw_config` (and :func:`~tnconv.testing.strategies.conv_configs`) that reach real networks'
+#: hyper-parameters, and the caps that keep them cheap: kernels up to 7, dilation up to 21, stride up to 6,
+#: padding as large as the capped output allows (beyond the dilated kernel's span).
+WIDE = dict(max_kernel=7, max_dilation=21, max_stride=6, max_padding=None, max_size=24, max_pixels=256, max_taps=64)
+
+
+def draw_config(integer, N: int, max_size: int = 6, max_kernel: int = 3, max_channels: int = 3, asymmetric: bool = True,
+                same: bool = True, max_batch: int = 3, min_batch: int = 1, max_stride: int = 3, max_dilation: int = 2,
+                max_padding=2, max_pixels=None, max_taps=None):
+    """A valid convolution drawn by ``integer(lo, hi)`` (inclusive), or ``None`` if it broke the pixel cap.
+
+    ``padding`` is drawn from ints, per-dimension tuples, ``'valid'``,
+    ``'same'`` (only with stride 1) and, with ``asymmetric``, ``(left, right)``
+    pairs, each side at most ``max_padding`` -- or, with ``max_padding=None``,
+    as much as keeps the output within its cap, which goes beyond the dilated
+    kernel's span (border outputs that see only padding). Input and output sizes
+    are at most ``max_size`` per dimension and, with ``max_pixels``, about
+    ``max_pixels`` in all; the kernel has at most ``max_taps`` entries. Every
+    output size is positive (single-pixel outputs included); an input is larger
+    than ``max_size`` only where the dilated kernel needs it and the padding is capped.
+
+    Example:
+        >>> rng = random.Random(0)
+        >>> c = draw_config(rng.randint, 3, **WIDE)
+        >>> c is None or all(o >= 1 for o in c.output_size())
+        True
+    """
+    groups = integer(1, 3)
+    cin, cout = groups * integer(1, max_channels), groups * integer(1, max_channels)
+    side = max_size if max_pixels is None else max(1, min(max_size, int(round(max_pixels ** (1 / N)))))
+    kernel = _capped(integer, N, max_kernel, max_taps or max_kernel**N)
+    stride = tuple(integer(1, max_stride) for _ in range(N))
+    choices = ["int", "tuple", "valid"] + (["same"] if same else []) + (["pairs"] if asymmetric else [])
+    mode = choices[integer(0, len(choices) - 1)]
+    if mode == "same":
+        stride = (1,) * N
+    # dilation: a span the input can hold (without padding, for 'valid')
+    dilation = []
+    for k in kernel:
+        room = side - 1 + (0 if mode == "valid" else 2 * (max_padding if max_padding is not None else side))
+        dilation.append(integer(1, max(1, min(max_dilation, room // (k - 1) if k > 1 else max_dilation))))
+    dilation = tuple(dilation)
+    spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    # total padding per dimension: at least what keeps the input within its side, at most what keeps the output
+    # there (with capped pixels, or uncapped padding; else the padding's own cap bounds it)
+    bounded = max_pixels is not None or max_padding is None
+    lows = [max(0, span - side) for span in spans]
+    highs = [span - 1 + s * side - 1 if bounded else 2 * max_padding for span, s in zip(spans, stride)]
+    cap = (lambda p: p) if max_padding is None else (lambda p: min(p, 2 * max_padding))
+    padding = mode
+    if mode == "int":
+        lo, hi = max((l + 1) // 2 for l in lows), min(cap(h) // 2 for h in highs)
+        mode = "int" if lo <= hi else "tuple"
+        padding = integer(lo, hi) if mode == "int" else None
+    if mode == "tuple":
+        padding = tuple(integer(min((l + 1) // 2, cap(h) // 2), cap(h) // 2) for l, h in zip(lows, highs))
+    elif mode == "pairs":
+        most = max_padding if max_padding is not None else None
+        pairs = []
+        for l, h in zip(lows, highs):
+            total = integer(min(l, cap(h)), cap(h))
+            left = integer(max(0, total - (most if most is not None else total)), min(total, most if most is not None
+                                                                                      else total))
+            pairs.append((left, total - left))
+        padding = tuple(pairs)
+    pads = padding_pairs(padding, N, kernel, dilation, stride)
+    size = []
+    for span, s, (pl, pr) in zip(spans, stride, pads):
+        smallest = max(1, span - pl - pr)
+        size.append(integer(smallest, max(smallest, min(side, s * side - 1 + span - pl - pr) if bounded else side)))
+    if max_pixels is not None and _prod(size) > 4 * max_pixels:  # a large dilation forced inputs beyond the side
+        return None
+    output_padding = tuple(integer(0, min(max(s, d) - 1, side)) for s, d in zip(stride, dilation))
+    batch = integer(min_batch, max_batch)
+    return ConvConfig(N, batch, cin, cout, tuple(size), kernel, stride, padding, dilation, groups, output_padding)
+
+
+def _capped(integer, n, largest, total):
+    """``n`` ints in ``[1, largest]`` whose product is at most ``total``, in a drawn order."""
+    values, left = [], total
+    for _ in range(n):
+        v = integer(1, max(1, min(largest, left)))
+        values.append(v)
+        left //= v
+    for i in range(n - 1, 0, -1):  # Fisher-Yates: any dimension may get the large kernel
+        j = integer(0, i)
+        values[i], values[j] = values[j], values[i]
+    return tuple(values)
+
+
+def random_config(rng: random.Random, N: int, max_size: int = 9, asymmetric: bool = False, allow_same: bool = True,
+                  wide: bool = False) -> ConvConfig:
     """A random valid configuration (output size >= 1 in every dimension).
 
     ``padding`` is an int, a tuple, ``'valid'``, ``'same'`` (stride 1 only) or,
-    with ``asymmetric``, ``(left, right)`` pairs.
+    with ``asymmetric``, ``(left, right)`` pairs. ``wide`` draws from the ranges
+    of :data:`WIDE` instead (``max_size`` then caps each dimension, and the pixels
+    and kernel taps are capped as there).
 
     Example:
         >>> cfg = random_config(random.Random(0), N=2)
         >>> all(o >= 1 for o in cfg.output_size())
         True
+        >>> max(random_config(random.Random(3), N=1, wide=True).dilation) > 2
+        True
     """
+    if wide:
+        while True:
+            c = draw_config(rng.randint, N, asymmetric=asymmetric, same=allow_same, **dict(WIDE, max_size=max_size))
+            if c is not None:
+                return c
     groups = rng.choice([1, 1, 2, 3])
     cin, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
     kernel = tuple(rng.randint(1, 4) for _ in range(N))
