@@ -316,3 +316,76 @@ def test_einconv_missing_gives_install_instructions(monkeypatch, capsys):
     assert main(["bench", "--quick", "--einconv"]) == 2
     err = capsys.readouterr().err
     assert "einconv" in err and "pip install" in err and "--no-deps einconv==0.1.0" in err
+
+
+# ---- autotuned tnconv, floors, thread counts ----
+
+@pytest.mark.parametrize("label", ["resnext101/layer1.0.conv1", "convnext_base/features.0.0", "2c2d/conv1",
+                                   "mobilenet_v2/features.1.conv.0.0"])
+def test_floors_compute_the_unavoidable_products(label):
+    from tnconv.bench.ops import data, floors
+
+    layer = dataclasses.replace(_layer(label), batch=2)
+    for op in OPS:
+        found = floors(layer, op, torch.float64)
+        x, w, g = data(layer, op, torch.float64)
+        G, B = layer.groups, layer.batch
+        hyper = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=G)
+        if op == "kfc":
+            torch.testing.assert_close(found["gram"](), B * standard_kfc(x, layer.kernel_size, **hyper))
+        elif op == "kfac_reduce":
+            torch.testing.assert_close(found["gram"](), B * standard_kfac_reduce(x, layer.kernel_size, **hyper))
+        elif layer.kind != "dense":
+            assert found == {}
+        else:  # the matrix products are the operation itself, in matrix layout
+            assert set(found) == ({"matmul"} if op == "weight_vjp" else {"matmul", "matmul/per-sample"})
+            if op == "forward":
+                y = torch.nn.functional.conv2d(x, w, **hyper)
+                torch.testing.assert_close(found["matmul"]().reshape(G, -1, B, y[0, 0].numel()).permute(2, 0, 1, 3)
+                                           .reshape(y.shape), y)
+                torch.testing.assert_close(found["matmul/per-sample"]().reshape(y.shape), y)
+            elif op == "weight_vjp":
+                dw = torch.nn.grad.conv2d_weight(x, w.shape, g, **hyper)
+                torch.testing.assert_close(found["matmul"]().reshape(dw.shape), dw)
+            elif layer.kernel_size == (1, 1):
+                dx = torch.nn.grad.conv2d_input(x.shape, w, g, **hyper)
+                torch.testing.assert_close(found["matmul/per-sample"]().reshape(dx.shape), dx)
+
+
+def test_autotuned_and_floor_columns_and_the_csv_round_trip(tmp_path):
+    from tnconv.bench.report import floor_table, read_csv
+
+    rows = R.benchmark([dataclasses.replace(_layer("2c2d/conv2"), batch=1)], ["forward", "kfc"], repeats=1)
+    assert all(not r.error and r.tuned_ms > 0 and r.tuned_lowering and r.floor_ms > 0 and r.threads >= 1 for r in rows)
+    by_op = {r.op: r for r in rows}
+    assert by_op["kfc"].floor_kind == "gram" and by_op["forward"].floor_kind == "kernel"
+    assert abs(by_op["kfc"].tuned_floor_ratio - by_op["kfc"].tuned_ms / by_op["kfc"].floor_ms) < 1e-6 * by_op["kfc"].tuned_floor_ratio
+    write_results(rows, tmp_path, plots=False)
+    back = read_csv(tmp_path / "results.csv")
+    assert [(r.op, r.tuned_lowering, r.threads, r.floor_kind) for r in back] == \
+           [(r.op, r.tuned_lowering, r.threads, r.floor_kind) for r in rows]
+    assert all(abs(a.tuned_ratio - b.tuned_ratio) <= 1e-5 * b.tuned_ratio for a, b in zip(back, rows))
+    assert "| kfc |" in floor_table(rows) and "worst autotuned / floor" in floor_table(rows)
+    assert "autotuned / standard" in (tmp_path / "summary.md").read_text()
+    # the autotuned columns are left out on request
+    (row,) = R.benchmark([dataclasses.replace(_layer("2c2d/conv2"), batch=1)], ["kfac_reduce"], repeats=1, tuned=False)
+    assert row.tuned_lowering == "" and row.tuned_ms != row.tuned_ms and row.floor_ms > 0
+
+
+def test_two_thread_counts_run_in_subprocesses(tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    pytest.importorskip("matplotlib")
+    code = main(["bench", "--quick", "--nets", "2c2d", "--ops", "kfac_reduce", "--repeats", "1", "--threads", "1", "2",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["threads"] for r in table) == ["1", "2"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## 1 thread\n" in summary and "## 2 threads" in summary
+    assert {"ratio_per_layer_threads1.png", "tuned_per_layer_threads2.png"} <= {p.name for p in tmp_path.iterdir()}
+    # each subprocess tuned into its own cache, beside its results
+    assert (tmp_path / "threads2" / "autotune_cache" / "autotune.json").exists()
+    with pytest.raises(SystemExit):
+        main(["bench", "--threads"])
+    assert main(["bench", "--quick", "--threads", "1", "1"]) == 2

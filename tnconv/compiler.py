@@ -9,10 +9,11 @@ from typing import Callable, Tuple
 
 import torch
 
-from .backends import get_backend
+from .autotune import switch as _switch
+from .backends import BACKENDS, get_backend
 from .bind import ShapeError, bind, concrete
 from .ir import NetworkSum, TensorNetwork, check, pattern_tensor, size_symbol
-from .lowering import LOWERINGS, check_lowering, lower
+from .lowering import LOWERINGS, candidates, check_lowering, choose
 
 #: Plans kept per compiled network (least recently used are dropped).
 PLAN_CACHE_SIZE = 64
@@ -28,6 +29,7 @@ class _TermPlan:
     plan: object
     out_shape: Tuple[int, ...]
     scale: float
+    label: str = ""  # the lowering chosen (a candidate's label, see tnconv.lowering.candidates)
 
 
 class _ExecutionPlan:
@@ -114,6 +116,15 @@ def _selection(I, M, generator, dtype, device):
     return out
 
 
+def _timing_input(tensors, name, shape, dtype, device):
+    """The call's tensor ``name``, detached (timing records no autograd history), or for a CRS selection the
+    call did not pass, a stand-in drawn from a private generator (the caller's random stream stays untouched)."""
+    if name in tensors:
+        return tensors[name].detach()
+    I, M = shape
+    return _selection(I, M, torch.Generator().manual_seed(0), dtype, device)
+
+
 def _constant(t, sizes, dtype, device):
     if t.kind == "pattern":
         i, o, k = (sizes[leg.name] for leg in t.legs)
@@ -140,7 +151,7 @@ class Compiled:
     """
 
     def __init__(self, tn, backend="cotengra", passes="default", memory_limit=None, trace=False, debug=None,
-                 lowering=LOWERINGS):
+                 lowering=LOWERINGS, autotune=None):
         from .passes.pipeline import run_pipeline
 
         if not isinstance(tn, (TensorNetwork, NetworkSum)):
@@ -151,6 +162,9 @@ class Compiled:
         self.backend = backend
         self.memory_limit = memory_limit
         self.lowering = check_lowering(lowering)
+        if autotune is not None and not isinstance(autotune, bool):
+            raise TypeError(f"autotune must be True, False or None (follow tnconv.set_autotune), got {autotune!r}")
+        self.autotune = autotune
         self.source = tn
         check(tn)
         self.network, recorded = run_pipeline(tn, passes, record=trace, debug=debug)
@@ -168,6 +182,13 @@ class Compiled:
         self._last = None
         self.cache_hits = 0
         self.cache_misses = 0
+        if self.autotune is None:  # plans made under the process-wide switch are dropped when it flips
+            _switch.follow(self)
+
+    def _autotune_changed(self):
+        """The process-wide autotune switch flipped: plans made under the old setting are dropped."""
+        with self._lock:
+            self._cache.clear()
 
     @property
     def trace_dots(self):
@@ -255,7 +276,8 @@ class Compiled:
                                 + (f" and its sizes {sorted(sizes)}" if sizes else ""))
         return extras
 
-    def _build(self, kwargs) -> _ExecutionPlan:
+    def _build(self, kwargs, tuner=None) -> _ExecutionPlan:
+        # tuner: an object whose choose(candidates, operands, scale) picks each term's lowering (tests force one)
         extras = self._check_call(kwargs)
         tensors = [kwargs[n] for n in self.inputs]
         first = tensors[0] if tensors else None
@@ -271,12 +293,34 @@ class Compiled:
         shapes = {n: tuple(kwargs[n].shape) for n in self.inputs}
         shapes.update({n: tuple(kwargs[n].shape) for n in self.selects if n in kwargs})
         known = bind(self.network, shapes, given)
-        return self._plan(known, dtype, device)
+        if tuner is None and (self.autotune or self.autotune is None and _switch.autotune_enabled()):
+            from .autotune.tuner import Tuner
 
-    def _plan(self, known, dtype, device, dry=False) -> _ExecutionPlan:
+            tuner = Tuner(self._tuning_fields(shapes, extras, dtype, device), tensors, device)
+        plan = self._plan(known, dtype, device, tuner=tuner, tensors=kwargs)
+        if tuner is not None and hasattr(tuner, "finish"):
+            tuner.finish()
+        return plan
+
+    def _tuning_fields(self, shapes, extras, dtype, device) -> dict:
+        """What an autotune verdict depends on: the key of its cache entry."""
+        from . import __version__
+        from .autotune.cache import text_hash
+
+        if getattr(self, "_text_hash", None) is None:
+            self._text_hash = text_hash(self.network.to_text())
+        sizes = {k: int(v) for k, v in extras.items() if k not in ("dtype", "device", "generator") and k not in self.selects}
+        return dict(network=self._text_hash, name=self.network.name, shapes={n: [int(d) for d in s] for n, s in shapes.items()},
+                    sizes=sizes, dtype=str(dtype).replace("torch.", ""), device=str(device), torch=torch.__version__,
+                    threads=torch.get_num_threads(), backend=self.backend, lowering=list(self.lowering),
+                    memory_limit=self.memory_limit, tnconv=__version__)
+
+    def _plan(self, known, dtype, device, dry=False, tuner=None, tensors=None) -> _ExecutionPlan:
         # dry: plan for cost() only, so neither refuse large sizes nor build constants
+        # tuner: choose each term's lowering by measurement (autotune) on ``tensors``, the call's arguments
         terms, selects = [], {}
         out_shape = None
+        others = {name: get_backend(name) for name in BACKENDS if name != self.backend} if tuner else None
         for term in self.network.terms:
             sizes = {name: concrete(leg.size, known) for name, leg in term.legs.items()}
             shape = tuple(int(_prod(sizes[leg.name] for leg in axis)) for axis in term.output)
@@ -287,26 +331,57 @@ class Compiled:
             if any(v == 0 for v in sizes.values()):
                 terms.append(_TermPlan((), None, shape, scale))
                 continue
-            sources = []
-            positions, plan = lower(term, sizes, dtype, self._plan_backend, self.memory_limit, self.lowering,
-                                    None if dry else MAX_ELEMENTS)
-            for position in positions:
-                t = term.tensors[position]
-                shape_of_legs = tuple(sizes[leg.name] for leg in t.legs)
-                if t.kind == "select":
-                    selects[t.name] = shape_of_legs
-                if t.kind in ("input", "select"):
-                    sources.append(("input", t.name, shape_of_legs))
-                elif dry:
-                    sources.append(("const", None))
-                else:
-                    _check_size(f"the {t.kind} tensor {t.name!r}", shape_of_legs)
-                    sources.append(("const", _constant(t, sizes, dtype, device)))
+            found = candidates(term, sizes, dtype, self._plan_backend, self.memory_limit, self.lowering,
+                               None if dry else MAX_ELEMENTS, others)
+            if tuner is None:
+                chosen = choose(found)
+            else:
+                def operands(candidate, term=term, sizes=sizes):
+                    sources = self._sources(term, candidate.positions, sizes, dtype, device, False, {})
+                    return [_shaped(_timing_input(tensors, s[1], s[2], dtype, device), s[2]) if s[0] == "input"
+                            else s[1] for s in sources]
+
+                chosen = tuner.choose(found, operands, scale)
+            plan = chosen.plan
+            sources = self._sources(term, chosen.positions, sizes, dtype, device, dry, selects)
             if not dry and plan.largest_intermediate > MAX_ELEMENTS:
                 raise ValueError(f"contracting {term.name!r} needs an intermediate of {plan.largest_intermediate} elements, "
                                  f"more than MAX_ELEMENTS={MAX_ELEMENTS}; pass a memory_limit to slice it")
-            terms.append(_TermPlan(tuple(sources), plan, shape, scale))
+            if scale != 1 and plan.with_scale is not None:  # the scale rides on a matrix product: no pass over the result
+                plan, scale = plan.with_scale(scale), 1.0
+            terms.append(_TermPlan(tuple(sources), plan, shape, scale, chosen.label))
         return _ExecutionPlan(terms, out_shape, dtype, device, selects)
+
+    def _sources(self, term, positions, sizes, dtype, device, dry, selects) -> list:
+        """Per operand of the plan: ``("input", name, leg shape)`` or ``("const", tensor)``; records selections."""
+        sources = []
+        for position in positions:
+            t = term.tensors[position]
+            shape_of_legs = tuple(sizes[leg.name] for leg in t.legs)
+            if t.kind == "select":
+                selects[t.name] = shape_of_legs
+            if t.kind in ("input", "select"):
+                sources.append(("input", t.name, shape_of_legs))
+            elif dry:
+                sources.append(("const", None))
+            else:
+                _check_size(f"the {t.kind} tensor {t.name!r}", shape_of_legs)
+                sources.append(("const", _constant(t, sizes, dtype, device)))
+        return sources
+
+    @property
+    def lowerings(self) -> Tuple[str, ...]:
+        """The label of the lowering each term of the last call's plan runs (see :func:`tnconv.lowering.candidates`).
+
+        Example:
+            >>> import torch, tnconv
+            >>> f = tnconv.compile(tnconv.diagrams.conv(N=1, kernel_size=3))
+            >>> _ = f(x=torch.randn(2, 4, 10), w=torch.randn(5, 4, 3)); f.lowerings
+            ('native',)
+        """
+        if self._last is None:
+            raise ValueError("lowerings needs a call of the compiled network first")
+        return tuple(t.label for t in self._last.terms)
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -352,7 +427,7 @@ def _prod(values):
 
 
 def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, trace: bool = False, *, debug=None,
-            lowering=LOWERINGS) -> Compiled:
+            lowering=LOWERINGS, autotune=None) -> Compiled:
     """Compile a network (or sum of networks) into a callable.
 
     Args:
@@ -371,6 +446,13 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
             (PyTorch's convolution kernels for terms that are convolutions or
             their VJPs) and ``"views"`` (patterns as strided views of an input);
             ``()`` runs the plain contraction only. See :mod:`tnconv.lowering`.
+        autotune: ``True``: on the first call for new shapes, time every lowering of
+            each term on the call's tensors (each backend's plain contraction and the
+            executions only measurement ranks included) and keep the fastest, like
+            ``torch.backends.cudnn.benchmark``; verdicts persist in
+            :func:`tnconv.autotune_cache`. ``False``: the cost model chooses. ``None``
+            (default): follow :func:`tnconv.set_autotune` / ``TNCONV_AUTOTUNE``.
+            Results agree whichever lowering runs, up to rounding. See :mod:`tnconv.autotune`.
 
     Example:
         >>> import torch, tnconv
@@ -379,7 +461,7 @@ def compile(tn, backend: str = "cotengra", passes="default", memory_limit=None, 
         >>> torch.allclose(f(x=x, w=w), torch.nn.functional.conv1d(x, w), atol=1e-5)
         True
     """
-    return Compiled(tn, backend, passes, memory_limit, trace, debug, lowering)
+    return Compiled(tn, backend, passes, memory_limit, trace, debug, lowering, autotune)
 
 
 __all__ = ["compile", "Compiled", "ShapeError", "PLAN_CACHE_SIZE", "MAX_ELEMENTS"]

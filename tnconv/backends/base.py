@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 
 @dataclass
@@ -19,6 +19,9 @@ class Plan:
         slices: how many slices the contraction is split into (1: none).
         write: elements written in all (intermediates, copies and the output);
             0 when unknown. Lowerings are chosen by ``flops`` and ``write``.
+        with_scale: ``with_scale(s)`` is the plan times ``s`` at no extra pass over
+            the result (a matrix product's ``alpha``); ``None`` when the compiler
+            must scale the result itself.
         native: for a plan that is one PyTorch convolution kernel on its operands as
             given, what it calls (:class:`tnconv.lowering.native.NativeCall`); else ``None``.
     """
@@ -30,6 +33,7 @@ class Plan:
     path: tuple = ()
     slices: int = 1
     write: float = 0.0
+    with_scale: Optional[Callable[[float], "Plan"]] = None
     native: object = None
 
     def __call__(self, *arrays):

@@ -114,6 +114,91 @@ def make(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Tuple[Cal
     return (lambda: tf.weight_vjp(x, size, g, **hyper)), (lambda: grad(x, size, g, **hyper))
 
 
+def make_tuned(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Callable:
+    """tnconv's callable of :func:`make` with autotuning on for its calls (:func:`tnconv.autotune.autotuning`).
+
+    The functional API keeps one compiled network per setting of the switch, so
+    this and :func:`make`'s callable run side by side, each from its own plans.
+
+    Example:
+        >>> from tnconv.bench.layers import NETS
+        >>> tuned = make_tuned(NETS["2c2d"][0], "forward", torch.float64)
+        >>> torch.allclose(tuned(), make(NETS["2c2d"][0], "forward", torch.float64)[1]())
+        True
+    """
+    return autotuned(make(layer, op, dtype, seed)[0])
+
+
+def autotuned(fn: Callable) -> Callable:
+    """``fn`` (a call of tnconv's functional API) run with autotuning on.
+
+    The benchmark wraps tnconv's own callable, so that both run on the very same
+    tensors: a copy of the data would start each call from a cold cache.
+
+    Example:
+        >>> x = torch.randn(2, 3, 8, 8)
+        >>> torch.allclose(autotuned(lambda: tf.kfc(x, (3, 3)))(), tf.kfc(x, (3, 3)), atol=1e-5)
+        True
+    """
+    from ..autotune import autotuning
+
+    def tuned():
+        with autotuning(True):
+            return fn()
+
+    return tuned
+
+
+def floors(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Dict[str, Callable]:
+    """The unavoidable work of ``op`` on ``layer`` besides PyTorch's kernel, as argument-free callables.
+
+    Operands are prepared outside the calls, on :func:`data`'s values:
+
+    * ``kfc``: ``{"gram": ...}``, the Gram product ``U Uᵀ`` per group of the
+      already unfolded input ``U = [G, C_in/G·K, B·O]`` (one ``bmm``);
+    * ``kfac_reduce``: ``{"gram": ...}``, the Gram product of the already
+      reduced input (patches averaged over positions), ``[G, C_in/G·K, B]``;
+    * forward and VJPs of a dense layer (``K = S``, a 1x1 convolution among
+      them): ``{"matmul": ...}``, the one matrix product on the already
+      unfolded operands (``[G, ·, B·O]``), and ``{"matmul/per-sample": ...}``
+      (forward, input VJP), one product per sample in ``[B, C, O]`` layout;
+      ``{}`` for other layers, whose floor is PyTorch's kernel alone.
+
+    The floor of a row is the fastest of these and, for the forward and VJPs,
+    PyTorch's kernel (the standard implementation).
+
+    Example:
+        >>> from tnconv.bench.layers import NETS
+        >>> sorted(floors(NETS["resnext101"][1], "forward"))  # a 1x1 convolution
+        ['matmul', 'matmul/per-sample']
+        >>> sorted(floors(NETS["2c2d"][0], "forward")), sorted(floors(NETS["2c2d"][0], "kfc"))
+        ([], ['gram'])
+    """
+    x, w, g = data(layer, op, dtype, seed)
+    G, B = layer.groups, layer.batch
+    args = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, G)
+    if op in ("kfc", "kfac_reduce"):
+        u = _unfold_groups(x, *args)  # [B, G, C/G·K, O]
+        if op == "kfac_reduce":
+            u = u.mean(-1, keepdim=True)
+        m = u.permute(1, 2, 0, 3).reshape(G, u.shape[2], -1).contiguous()
+        return {"gram": lambda: torch.bmm(m, m.mT)}
+    if layer.kind != "dense":
+        return {}
+    u = _unfold_groups(x, *args)  # a permutation of x: K = S, no padding
+    O = u.shape[-1]
+    flat = u.permute(1, 2, 0, 3).reshape(G, u.shape[2], B * O).contiguous()  # [G, C/G·K, B·O]
+    wm = w.reshape(G, layer.out_channels // G, -1)  # [G, C_out/G, C/G·K]
+    if op == "forward":
+        return {"matmul": lambda: torch.bmm(wm, flat), "matmul/per-sample": lambda: torch.matmul(wm, u)}
+    gg = g.reshape(B, G, layer.out_channels // G, O)
+    gflat = gg.permute(1, 2, 0, 3).reshape(G, -1, B * O).contiguous()  # [G, C_out/G, B·O]
+    if op == "input_vjp":
+        wt = wm.mT.contiguous()
+        return {"matmul": lambda: torch.bmm(wt, gflat), "matmul/per-sample": lambda: torch.matmul(wt, gg)}
+    return {"matmul": lambda: torch.bmm(gflat, flat.mT)}
+
+
 #: Operation name -> one-line description, for the README table and ``--help``.
 DESCRIPTIONS: Dict[str, str] = {
     "forward": "tnconv.functional.conv vs torch.nn.functional.conv2d",
@@ -123,4 +208,4 @@ DESCRIPTIONS: Dict[str, str] = {
     "kfac_reduce": "tnconv.functional.kfac_reduce vs unfold, mean over positions, outer product / B",
 }
 
-__all__ = ["OPS", "DESCRIPTIONS", "data", "make", "standard_kfc", "standard_kfac_reduce"]
+__all__ = ["OPS", "DESCRIPTIONS", "data", "make", "make_tuned", "autotuned", "floors", "standard_kfc", "standard_kfac_reduce"]

@@ -18,8 +18,9 @@ from .layers import KINDS
 from .ops import OPS
 
 #: The CSV's columns, in order.
-COLUMNS = ("net", "layer", "kind", "op", "batch", "tnconv_ms", "standard_ms", "ratio", "tnconv_peak_mb",
-           "standard_peak_mb", "max_rel_err", "error")
+COLUMNS = ("net", "layer", "kind", "op", "batch", "threads", "tnconv_ms", "standard_ms", "ratio", "tuned_ms",
+           "tuned_ratio", "floor_ms", "floor_kind", "floor_ratio", "tuned_floor_ratio", "tnconv_peak_mb",
+           "standard_peak_mb", "tuned_peak_mb", "tuned_lowering", "max_rel_err", "error")
 
 #: The CSV's columns with ``--einconv``: :data:`COLUMNS` with einconv's before ``error``.
 EINCONV_COLUMNS = COLUMNS[:-1] + ("einconv_ms", "einconv_peak_mb", "ratio_vs_einconv", "einconv_max_rel_err",
@@ -38,6 +39,39 @@ def write_csv(rows, path: Path, einconv: bool = False) -> Path:
             writer.writerow(["" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v
                              for v in values])
     return path
+
+
+def read_csv(path: Path) -> list:
+    """The rows of a ``results.csv`` :func:`write_csv` wrote, back as :class:`~tnconv.bench.run.Row` (empty: NaN).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from tnconv.bench.run import Row
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "results.csv"
+        >>> _ = write_csv([Row("n", "l", "dense", "kfc", 2, 1.0, 2.0, 0.5, 1.0, 1.0, 0.0, threads=2)], path)
+        >>> row, = read_csv(path)
+        >>> row.ratio, row.threads, row.tuned_ms != row.tuned_ms
+        (0.5, 2, True)
+    """
+    from .run import Row
+
+    fields = {f.name: f.type for f in dataclasses.fields(Row)}
+    rows = []
+    with open(path, newline="") as f:
+        for record in csv.DictReader(f):
+            values = {}
+            for name, text in record.items():
+                kind = fields.get(name)
+                if kind is None:
+                    continue
+                if kind in ("float", float):
+                    values[name] = float(text) if text != "" else math.nan
+                elif kind in ("int", int):
+                    values[name] = int(float(text)) if text != "" else 0
+                else:
+                    values[name] = text
+            rows.append(Row(**values))
+    return rows
 
 
 def _ok(rows):
@@ -92,6 +126,45 @@ def markdown_table(rows) -> str:
     return "\n".join(lines) + "\n\n" + note
 
 
+def _cell(values) -> str:
+    return f"{statistics.median(values):.2f} / {max(values):.2f}" if values else "–"
+
+
+def floor_table(rows) -> str:
+    """Per operation, median / worst layer of tnconv / standard, autotuned / standard, autotuned / floor and
+    tnconv / floor, and below the table the worst layer of each autotuned ratio with its lowering and floor.
+
+    Example:
+        >>> from tnconv.bench.run import Row
+        >>> rows = [Row("n", f"l{r}", "dense", "kfc", 1, r, 1.0, r, 1.0, 1.0, 0.0, tuned_ms=r / 2, tuned_ratio=r / 2,
+        ...             floor_ms=0.25, floor_kind="gram", floor_ratio=4 * r, tuned_floor_ratio=2 * r) for r in (0.5, 1.0)]
+        >>> print(floor_table(rows).splitlines()[2])
+        | kfc | 0.75 / 1.00 | 0.38 / 0.50 | 1.50 / 2.00 | 3.00 / 4.00 | 2 |
+    """
+    ok = _ok(rows)
+    head = ["operation", "tnconv / standard", "autotuned / standard", "autotuned / floor", "tnconv / floor", "layers"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    worst = []
+    for op in OPS:
+        of_op = [row for row in ok if row.op == op]
+        if not of_op:
+            continue
+        column = {key: [getattr(r, key) for r in of_op if not math.isnan(getattr(r, key))]
+                  for key in ("ratio", "tuned_ratio", "tuned_floor_ratio", "floor_ratio")}
+        lines.append("| " + " | ".join([op] + [_cell(column[k]) for k in column] + [str(len(of_op))]) + " |")
+        for key, what in (("tuned_ratio", "autotuned / standard"), ("tuned_floor_ratio", "autotuned / floor")):
+            measured = [r for r in of_op if not math.isnan(getattr(r, key))]
+            if measured:
+                r = max(measured, key=lambda r: getattr(r, key))
+                worst.append(f"- {op}, worst {what}: {r.net}/{r.layer} {getattr(r, key):.2f} ({r.tuned_ms:.3g} ms; "
+                             f"standard {r.standard_ms:.3g} ms, floor {r.floor_ms:.3g} ms ({r.floor_kind}); "
+                             f"lowering {r.tuned_lowering or '?'})")
+    note = ("Median / worst layer of each time ratio; below 1 the first is faster. Floor: the fastest of PyTorch's "
+            "kernel and, for dense layers, one matrix product of the prepared operands (forward, VJPs), or the final "
+            "Gram product of the already unfolded or reduced input (KFC, KFAC-reduce).")
+    return "\n".join(lines) + "\n\n" + note + ("\n\n" + "\n".join(worst) if worst else "")
+
+
 def einconv_table(rows) -> str:
     """Median time ratio tnconv/einconv per operation, overall and per kind, the median peak-memory ratio,
     and on how many layers tnconv is not faster than einconv, listed below the table.
@@ -137,9 +210,11 @@ def einconv_table(rows) -> str:
     return table
 
 
-def plot(rows, out: Path) -> List[Path]:
-    """``ratio_per_layer.png`` (time ratio of every layer, one panel per operation) and ``ratio_per_op.png``
-    (box and strip plot of the time and peak-memory ratios per operation), both log scale with a line at 1."""
+def plot(rows, out: Path, suffix: str = "") -> List[Path]:
+    """``ratio_per_layer.png`` (time ratio of every layer, one panel per operation), ``ratio_per_op.png``
+    (box and strip plot of the time and peak-memory ratios per operation) and, when measured,
+    ``tuned_per_layer.png`` (per layer: tnconv / standard, autotuned / standard, autotuned / floor), all
+    log scale with a line at 1; ``suffix`` goes before ``.png``."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
@@ -187,7 +262,7 @@ def plot(rows, out: Path) -> List[Path]:
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", bbox_to_anchor=(1, 0.975),
                fontsize="small", ncol=len(KINDS))
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    paths.append(out / "ratio_per_layer.png")
+    paths.append(out / f"ratio_per_layer{suffix}.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
@@ -213,30 +288,76 @@ def plot(rows, out: Path) -> List[Path]:
         ax.set_title(f"{title}: tnconv / standard")
     axes[0, 0].legend(fontsize="small")
     fig.tight_layout()
-    paths.append(out / "ratio_per_op.png")
+    paths.append(out / f"ratio_per_op{suffix}.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    measured = [r for r in ok if not math.isnan(r.tuned_ratio) or not math.isnan(r.tuned_floor_ratio)]
+    if measured:
+        series = (("ratio", "tnconv / standard", "o", "lightgrey"), ("tuned_ratio", "autotuned / standard", "o", None),
+                  ("tuned_floor_ratio", "autotuned / floor", "v", "black"))
+        fig, axes = plt.subplots(len(ops), 1, figsize=(max(8, 0.09 * len(labels) + 3), 2.2 * len(ops) + 1),
+                                 sharex=True, squeeze=False)
+        for ax, op in zip(axes[:, 0], ops):
+            for key, name, marker, color in series:
+                for kind in KINDS if color is None else (None,):
+                    pts = [(position[(r.net, r.layer)], getattr(r, key)) for r in measured
+                           if r.op == op and (kind is None or r.kind == kind) and getattr(r, key) > 0]
+                    if pts:
+                        ax.scatter(*zip(*pts), s=10 if color else 14, marker=marker, color=color or colors[kind],
+                                   label=f"{name} ({kind})" if kind else name, alpha=0.9 if color is None else 0.7)
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            log_axis(ax)
+            ax.set_ylabel(op)
+            for i in starts[1:]:
+                ax.axvline(i - 0.5, color="grey", linewidth=0.5, linestyle=":")
+        bottom = axes[-1, 0]
+        bottom.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
+        bottom.set_xticklabels([labels[s][0] for s in starts], rotation=30, ha="right")
+        fig.suptitle("Per layer: tnconv / standard (grey), autotuned / standard (by kind), autotuned / floor (black)",
+                     x=0.02, y=0.995, ha="left")
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="upper right", bbox_to_anchor=(1, 0.975), fontsize="x-small", ncol=3)
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
+        paths.append(out / f"tuned_per_layer{suffix}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
 
 
 def write_results(rows, out: Path, meta: Optional[dict] = None, plots: bool = True, einconv: bool = False) -> List[Path]:
-    """Write ``results.csv``, ``summary.md`` (the table and the run's settings) and, with ``plots``, the plots.
+    """Write ``results.csv``, ``summary.md`` (the tables and the run's settings) and, with ``plots``, the plots.
 
-    With ``einconv`` the CSV has einconv's columns and the summary its table (:func:`einconv_table`).
-    Returns the paths written.
+    The summary has, per thread count, :func:`markdown_table` (tnconv / standard by kind),
+    :func:`floor_table` when the autotuned or floor columns were measured, and with
+    ``einconv`` (where the CSV gets einconv's columns) :func:`einconv_table`. Plots of
+    several thread counts get a ``_threads<N>`` suffix. Returns the paths written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_csv(rows, out / "results.csv", einconv)]
     summary = out / "summary.md"
     settings = f"\n\nRun: `{json.dumps(meta)}`\n" if meta else "\n"
-    tables = markdown_table(rows) + (f"\n\n{einconv_table(rows)}" if einconv else "")
-    summary.write_text(tables + settings)
+    counts = sorted({row.threads for row in rows})
+    sections = []
+    for n in counts:
+        part = [row for row in rows if row.threads == n]
+        tables = [markdown_table(part)]
+        if any(not math.isnan(r.tuned_ratio) or not math.isnan(r.floor_ratio) for r in _ok(part)):
+            tables.append(floor_table(part))
+        if einconv:
+            tables.append(einconv_table(part))
+        title = f"## {n} thread{'s' if n != 1 else ''}\n\n" if len(counts) > 1 or n else ""
+        sections.append(title + "\n\n".join(tables))
+    summary.write_text("\n\n".join(sections) + settings)
     paths.append(summary)
     if plots and _ok(rows):
-        paths.extend(plot(rows, out))
+        for n in counts:
+            part = [row for row in rows if row.threads == n]
+            if _ok(part):
+                paths.extend(plot(part, out, f"_threads{n}" if len(counts) > 1 else ""))
     return paths
 
 
-__all__ = ["COLUMNS", "EINCONV_COLUMNS", "write_csv", "medians", "markdown_table", "einconv_table", "plot",
-           "write_results"]
+__all__ = ["COLUMNS", "EINCONV_COLUMNS", "write_csv", "read_csv", "medians", "markdown_table", "floor_table",
+           "einconv_table", "plot", "write_results"]

@@ -8,6 +8,7 @@ import torch
 
 from .. import diagrams
 from .._args import ConvSpec, check_same, check_size, check_tensor, ntuple
+from ..autotune.switch import autotune_enabled
 from ..compiler import compile as _compile
 from ..ir import output_size
 
@@ -15,10 +16,17 @@ from ..ir import output_size
 BACKEND = "cotengra"
 
 
-@lru_cache(maxsize=512)
 def compiled(op: str, **hyper):
-    """The compiled network of ``diagrams.<op>(**hyper)`` (cached)."""
-    return _compile(getattr(diagrams, op)(**hyper), backend=BACKEND)
+    """The compiled network of ``diagrams.<op>(**hyper)`` (cached), autotuned if :func:`tnconv.set_autotune` says so.
+
+    One compiled network per setting of the switch: flipping it never drops the other's plans.
+    """
+    return _compiled(op, autotune_enabled(), **hyper)
+
+
+@lru_cache(maxsize=512)
+def _compiled(op: str, autotune: bool, **hyper):
+    return _compile(getattr(diagrams, op)(**hyper), backend=BACKEND, autotune=autotune)
 
 
 def _freeze(spec: ConvSpec) -> dict:

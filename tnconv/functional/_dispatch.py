@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..autotune.switch import _state as _autotune
+
 #: Call signatures a :class:`FastPath` keeps before it starts over.
 FAST_PATH_SIZE = 4096
 
@@ -161,7 +163,8 @@ class FastPath:
     ``get(a, b, c, hyper)`` returns the runner or ``None`` (never seen, hyper-parameters
     other than ints, strs and tuples of them, or dynamo tracing); ``put(a, b, c, hyper,
     runner)`` records one. The signature holds every property of the tensors that
-    validation reads: shape, dtype, device and layout (``None`` stays ``None``).
+    validation reads: shape, dtype, device and layout (``None`` stays ``None``), and the
+    state of :func:`tnconv.set_autotune`, since the runner follows the plan chosen under it.
 
     Example:
         >>> fast = FastPath()
@@ -184,7 +187,8 @@ class FastPath:
         try:  # the key of _key, inline: this is the hot path of every cached call
             return self.runners.get((a.shape, a.dtype, a.device, a.layout,
                                      None if b is None else (b.shape, b.dtype, b.device),
-                                     None if c is None else (c.shape, c.dtype, c.device), hyper))
+                                     None if c is None else (c.shape, c.dtype, c.device), hyper,
+                                     _autotune["enabled"]))
         except AttributeError:  # not tensors: the slow path says what is wrong
             return None
 
@@ -199,7 +203,7 @@ class FastPath:
 def _key(a, b, c, hyper):
     return (a.shape, a.dtype, a.device, a.layout,
             None if b is None else (b.shape, b.dtype, b.device),
-            None if c is None else (c.shape, c.dtype, c.device), hyper)
+            None if c is None else (c.shape, c.dtype, c.device), hyper, _autotune["enabled"])
 
 
 __all__ = ["FAST_PATH_SIZE", "FastPath", "autocast", "compiling", "conv_runner", "native_call", "op_hyper", "plain",

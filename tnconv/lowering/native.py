@@ -182,8 +182,45 @@ def _pointwise_roles(holders):
     return {"x": a, "y": b, "w": "out"}
 
 
-def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
-    """A :class:`Plan` running ``template`` with PyTorch's convolution kernels."""
+#: Other kernels for a template (see :func:`variants`): label -> what it runs.
+VARIANTS = {
+    "flipped": "an input VJP of stride 1 as a forward convolution of the output gradient with the flipped kernel",
+    "transposed": "a weight VJP as a forward convolution of the input, batch as channels, with the output gradient "
+                  "as kernel (stride and dilation swap roles)",
+}
+
+
+def variants(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]):
+    """``(label, plan)`` of the other PyTorch kernels that compute ``template`` (:data:`VARIANTS`).
+
+    PyTorch's kernels for a convolution's VJPs are not always its fastest way to
+    compute them: ``Π(i, o, k)`` of stride 1 is ``Π'(o, i, K−1−k)`` with padding
+    ``D(K−1) − P``, so the input VJP is a forward convolution with the flipped
+    kernel; and ``Π(i, o, k)`` is symmetric in ``(o, S)`` and ``(k, D)``, so the
+    weight VJP is a forward convolution whose kernel is the output gradient
+    (one group only). The autotuner measures them.
+
+    Example:
+        >>> import tnconv
+        >>> term = tnconv.compile(tnconv.diagrams.input_vjp(N=1, kernel_size=3, input_size=(8,))).network.terms[0]
+        >>> sizes = {"n'": 2, "c_in'": 3, "c_out": 4, "i1'": 8, "o1": 6, "k1": 3}
+        >>> [label for label, _ in variants(match(term), sizes, tuple(l.name for l in term.output_legs))]
+        ['flipped']
+    """
+    t = template
+    found = []
+    if t.output_role == "x" and t.spatial and all(a["stride"] == 1 for a in t.attrs):
+        found.append(("flipped", plan(t, sizes, output, "flipped")))
+    if t.output_role == "w" and t.spatial and not t.group:
+        found.append(("transposed", plan(t, sizes, output, "transposed")))
+    return [(label, p) for label, p in found if p is not None]
+
+
+def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...], kernel: str = "default",
+         presum: float = 0.0) -> Optional[Plan]:
+    """A :class:`Plan` running ``template`` with PyTorch's convolution kernels (``kernel``: its own, or one of
+    :data:`VARIANTS`; ``None`` if that variant cannot run these sizes). ``presum``: elements the sums of
+    ``template.summed`` read, counted as FLOPs."""
     t = template
     size = lambda names: prod(sizes[n] for n in names)  # noqa: E731
     Bf, Gf, Ci, Co = size(t.batch), size(t.group), size(t.c_in), size(t.c_out)
@@ -242,9 +279,26 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
     groups = Gf
     first, second = t.operands
 
+    if kernel == "flipped":  # the new convolution's padding: D(K-1) - P on each side, never negative
+        padding_t = tuple(d * (k - 1) - p for k, d, p in zip(K, D, padding))
+        if any(p < 0 for p in padding_t):
+            return None
+
     def run(a, b):
         ops = {first: canonical(a, *prepare[0]), second: canonical(b, *prepare[1])}
-        if t.output_role == "y":
+        if kernel == "flipped":
+            w = ops["w"].flip(tuple(range(2, 2 + N))).reshape((groups, Co, Ci) + K).transpose(1, 2)
+            result = _CONV[N](ops["y"], w.reshape((groups * Ci, Co) + K), None, 1, padding_t, D, groups)
+            if not symmetric:
+                result = views.pad_crop(result, [-p for p in explicit])
+        elif kernel == "transposed":
+            x = ops["x"] if symmetric else views.pad_crop(ops["x"], explicit)
+            result = _CONV[N](x.transpose(0, 1), ops["y"].transpose(0, 1), None, D, padding, S, 1)  # [Ci, Co, >= K]
+            for axis, k in enumerate(K):
+                if result.shape[2 + axis] != k:
+                    result = result.narrow(2 + axis, 0, k)
+            result = result.transpose(0, 1)
+        elif t.output_role == "y":
             if fragile and ops["x"].dtype in _HALF:
                 x = views.pad_crop(ops["x"], explicit).contiguous()
                 result = _CONV[N](x, ops["w"], None, safe_stride, 0, D, groups)
@@ -267,19 +321,22 @@ def plan(template: ConvTemplate, sizes: dict, output: Tuple[str, ...]) -> Plan:
             result = result.reshape(out_shape)
         return result if to_output is None else result.permute(to_output)
 
-    flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K)
+    flops = 2.0 * Bf * Gf * Co * Ci * prod(O) * prod(K) + presum
     largest = max(Bf * Gf * Ci * prod(Ip), Bf * Gf * Co * prod(O), Gf * Co * Ci * prod(K))
-    name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role]
+    name = {"y": "conv", "x": "conv_input_vjp", "w": "conv_weight_vjp"}[t.output_role] + \
+        ("" if kernel == "default" else f" as {kernel} conv")
     out_elements = prod(out_shape)
     write = out_elements + (0 if symmetric else Bf * Gf * Ci * prod(Ip))
+    if kernel == "transposed":  # the kernel copies both operands into its layout
+        write += Bf * Gf * (Ci * prod(Ip) + Co * prod(O))
     if t.output_role == "w" and groups > 1 and Bf == 1:
         # a weight VJP with the batch among its groups (a per-sample gradient: one sample, B·G groups): PyTorch's
         # CPU kernel (oneDNN) computes it in a blocked layout and reorders it into PyTorch's, one more copy of the
         # result (aten::copy_ of its size in the profiler), which is most of what it writes. Counted, the strided
         # view with one batched product wins where it is faster: ResNet-18's last stages at 32x32, 2-4x.
         write += out_elements
-    direct = symmetric and t.spatial and not any(t.summed) and to_output is None and all(p[1] is None for p in prepare) \
-        and not fragile  # a caller running the kernel directly would not make the half-precision call safe
+    direct = kernel == "default" and symmetric and t.spatial and not any(t.summed) and to_output is None \
+        and all(p[1] is None for p in prepare) and not fragile  # a caller running the kernel directly would not make the half-precision call safe
     call = NativeCall(t.output_role, t.operands, S, padding, D, groups,
                       tuple((role, layouts[role][1]) for role in "xwy")) if direct else None
     return Plan(run, f"native {name}{N}d(groups={groups}, stride={S}, padding={padding}, dilation={D})", flops, largest,
@@ -316,4 +373,5 @@ def applicable(template: Optional[ConvTemplate], dtype) -> bool:
     return template is not None and dtype in NATIVE_DTYPES and len(template.spatial) <= 3
 
 
-__all__ = ["ConvTemplate", "NativeCall", "match", "plan", "applicable", "broadcast_vector", "NATIVE_DTYPES"]
+__all__ = ["ConvTemplate", "NativeCall", "match", "plan", "variants", "applicable", "broadcast_vector", "NATIVE_DTYPES",
+           "VARIANTS"]
