@@ -359,13 +359,20 @@ def test_autotuned_and_floor_columns_and_the_csv_round_trip(tmp_path):
     assert all(not r.error and r.tuned_ms > 0 and r.tuned_lowering and r.floor_ms > 0 and r.threads >= 1 for r in rows)
     by_op = {r.op: r for r in rows}
     assert by_op["kfc"].floor_kind == "gram" and by_op["forward"].floor_kind == "kernel"
-    assert abs(by_op["kfc"].tuned_floor_ratio - by_op["kfc"].tuned_ms / by_op["kfc"].floor_ms) < 1e-6 * by_op["kfc"].tuned_floor_ratio
+    kfc = by_op["kfc"]
+    assert abs(kfc.tuned_floor_ratio - kfc.tuned_ms / kfc.floor_ms) < 1e-6 * kfc.tuned_floor_ratio
+    # the read of x counts beside the Gram product for the factors only
+    assert kfc.read_ms > 0 and abs(kfc.tuned_read_floor_ratio - kfc.tuned_ms / (kfc.read_ms + kfc.floor_ms)) < \
+        1e-6 * kfc.tuned_read_floor_ratio
+    assert by_op["forward"].read_ms != by_op["forward"].read_ms
     write_results(rows, tmp_path, plots=False)
     back = read_csv(tmp_path / "results.csv")
     assert [(r.op, r.tuned_lowering, r.threads, r.floor_kind) for r in back] == \
            [(r.op, r.tuned_lowering, r.threads, r.floor_kind) for r in rows]
     assert all(abs(a.tuned_ratio - b.tuned_ratio) <= 1e-5 * b.tuned_ratio for a, b in zip(back, rows))
+    assert abs(back[1].tuned_read_floor_ratio - kfc.tuned_read_floor_ratio) <= 1e-5 * kfc.tuned_read_floor_ratio
     assert "| kfc |" in floor_table(rows) and "worst autotuned / floor" in floor_table(rows)
+    assert "worst autotuned / (read + floor)" in floor_table(rows)
     assert "autotuned / standard" in (tmp_path / "summary.md").read_text()
     # the autotuned columns are left out on request
     (row,) = R.benchmark([dataclasses.replace(_layer("2c2d/conv2"), batch=1)], ["kfac_reduce"], repeats=1, tuned=False)

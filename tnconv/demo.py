@@ -198,7 +198,7 @@ def summary(results: List[Result], chosen, threads: int, repeats: int) -> str:
     par = ", ".join(f"{_NAMES[op]} {_speed(medians[op])} ({medians[op]:.2f})" for op in ("forward", "input_vjp", "weight_vjp"))
     lines += textwrap.wrap(f"Forward and VJPs: {par}: {_WHY['forward']}.", 100, subsequent_indent="  ")
     lines += _family("The per-sample gradient", "per_sample_grad", results, _WHY["per_sample_grad"])
-    lines.append("Within 15% of 1 counts as at par: that much is noise at these sizes (tnconv adds ~15 us per call).")
+    lines.append("Within 15% of 1 counts as at par: that much is noise at these sizes (tnconv adds a few us per call).")
     if all(layer.batch == 1 for _, layer in chosen) and repeats == 1:
         lines.append("--quick: batch 1 and one timed call, a smoke run; its timings mean nothing.")
     return "\n".join(lines)

@@ -199,6 +199,26 @@ def floors(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Dict[st
     return {"matmul": lambda: torch.bmm(gflat, flat.mT)}
 
 
+def read_floor(layer: Layer, op: str, dtype=torch.float32, seed: int = 0) -> Optional[Callable]:
+    """For KFC and KFAC-reduce, one pass over the input ``x`` (its sum), else ``None``.
+
+    The Gram floor of :func:`floors` starts from an input already unfolded or
+    reduced; any implementation must first read ``x`` once, which on a layer with
+    few channels and many pixels (a KFAC-reduce ``[G, C/G·K, B]`` Gram product of a
+    few thousand elements) takes far longer than the product. The benchmark adds
+    this time to the Gram floor for its ``tuned_read_floor_ratio``.
+
+    Example:
+        >>> from tnconv.bench.layers import NETS
+        >>> read_floor(NETS["2c2d"][0], "kfac_reduce")().shape, read_floor(NETS["2c2d"][0], "forward")
+        (torch.Size([]), None)
+    """
+    if op not in ("kfc", "kfac_reduce"):
+        return None
+    x = data(layer, op, dtype, seed)[0]
+    return lambda: x.sum()
+
+
 #: Operation name -> one-line description, for the README table and ``--help``.
 DESCRIPTIONS: Dict[str, str] = {
     "forward": "tnconv.functional.conv vs torch.nn.functional.conv2d",
@@ -208,4 +228,4 @@ DESCRIPTIONS: Dict[str, str] = {
     "kfac_reduce": "tnconv.functional.kfac_reduce vs unfold, mean over positions, outer product / B",
 }
 
-__all__ = ["OPS", "DESCRIPTIONS", "data", "make", "make_tuned", "autotuned", "floors", "standard_kfc", "standard_kfac_reduce"]
+__all__ = ["OPS", "DESCRIPTIONS", "data", "make", "make_tuned", "autotuned", "floors", "read_floor", "standard_kfc", "standard_kfac_reduce"]

@@ -19,7 +19,8 @@ from .ops import OPS
 
 #: The CSV's columns, in order.
 COLUMNS = ("net", "layer", "kind", "op", "batch", "threads", "tnconv_ms", "standard_ms", "ratio", "tuned_ms",
-           "tuned_ratio", "floor_ms", "floor_kind", "floor_ratio", "tuned_floor_ratio", "tnconv_peak_mb",
+           "tuned_ratio", "floor_ms", "floor_kind", "floor_ratio", "tuned_floor_ratio", "read_ms",
+           "tuned_read_floor_ratio", "tnconv_peak_mb",
            "standard_peak_mb", "tuned_peak_mb", "tuned_lowering", "max_rel_err", "error")
 
 #: The CSV's columns with ``--einconv``: :data:`COLUMNS` with einconv's before ``error``.
@@ -139,10 +140,11 @@ def floor_table(rows) -> str:
         >>> rows = [Row("n", f"l{r}", "dense", "kfc", 1, r, 1.0, r, 1.0, 1.0, 0.0, tuned_ms=r / 2, tuned_ratio=r / 2,
         ...             floor_ms=0.25, floor_kind="gram", floor_ratio=4 * r, tuned_floor_ratio=2 * r) for r in (0.5, 1.0)]
         >>> print(floor_table(rows).splitlines()[2])
-        | kfc | 0.75 / 1.00 | 0.38 / 0.50 | 1.50 / 2.00 | 3.00 / 4.00 | 2 |
+        | kfc | 0.75 / 1.00 | 0.38 / 0.50 | 1.50 / 2.00 | 3.00 / 4.00 | – | 2 |
     """
     ok = _ok(rows)
-    head = ["operation", "tnconv / standard", "autotuned / standard", "autotuned / floor", "tnconv / floor", "layers"]
+    head = ["operation", "tnconv / standard", "autotuned / standard", "autotuned / floor", "tnconv / floor",
+            "autotuned / (read + floor)", "layers"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     worst = []
     for op in OPS:
@@ -150,18 +152,21 @@ def floor_table(rows) -> str:
         if not of_op:
             continue
         column = {key: [getattr(r, key) for r in of_op if not math.isnan(getattr(r, key))]
-                  for key in ("ratio", "tuned_ratio", "tuned_floor_ratio", "floor_ratio")}
+                  for key in ("ratio", "tuned_ratio", "tuned_floor_ratio", "floor_ratio", "tuned_read_floor_ratio")}
         lines.append("| " + " | ".join([op] + [_cell(column[k]) for k in column] + [str(len(of_op))]) + " |")
-        for key, what in (("tuned_ratio", "autotuned / standard"), ("tuned_floor_ratio", "autotuned / floor")):
+        for key, what in (("tuned_ratio", "autotuned / standard"), ("tuned_floor_ratio", "autotuned / floor"),
+                          ("tuned_read_floor_ratio", "autotuned / (read + floor)")):
             measured = [r for r in of_op if not math.isnan(getattr(r, key))]
             if measured:
                 r = max(measured, key=lambda r: getattr(r, key))
                 worst.append(f"- {op}, worst {what}: {r.net}/{r.layer} {getattr(r, key):.2f} ({r.tuned_ms:.3g} ms; "
-                             f"standard {r.standard_ms:.3g} ms, floor {r.floor_ms:.3g} ms ({r.floor_kind}); "
-                             f"lowering {r.tuned_lowering or '?'})")
+                             f"standard {r.standard_ms:.3g} ms, floor {r.floor_ms:.3g} ms ({r.floor_kind}"
+                             + (f", read {r.read_ms:.3g} ms" if not math.isnan(r.read_ms) else "")
+                             + f"); lowering {r.tuned_lowering or '?'})")
     note = ("Median / worst layer of each time ratio; below 1 the first is faster. Floor: the fastest of PyTorch's "
             "kernel and, for dense layers, one matrix product of the prepared operands (forward, VJPs), or the final "
-            "Gram product of the already unfolded or reduced input (KFC, KFAC-reduce).")
+            "Gram product of the already unfolded or reduced input (KFC, KFAC-reduce); read: one pass over the "
+            "input x (its sum), which KFC and KFAC-reduce cannot skip either.")
     return "\n".join(lines) + "\n\n" + note + ("\n\n" + "\n".join(worst) if worst else "")
 
 

@@ -36,7 +36,7 @@ import torch
 
 from .layers import NETS, Layer, select
 from .memory import peak_memory
-from .ops import DESCRIPTIONS, OPS, autotuned, floors, make
+from .ops import DESCRIPTIONS, OPS, autotuned, floors, make, read_floor
 from .timing import interleaved_medians
 
 #: Largest accepted ``max |tnconv - standard| / max |standard|`` in float32.
@@ -71,6 +71,8 @@ class Row:
     per term); ``floor_ms`` is the fastest of the floors (:func:`~.ops.floors`,
     and PyTorch's kernel for the forward and VJPs), ``floor_kind`` which one,
     ``floor_ratio`` = tnconv / floor and ``tuned_floor_ratio`` = tuned / floor;
+    for KFC and KFAC-reduce, ``read_ms`` is one pass over the input
+    (:func:`~.ops.read_floor`) and ``tuned_read_floor_ratio`` = tuned / (read + floor);
     ``threads`` the thread count of the run.
     """
 
@@ -100,6 +102,8 @@ class Row:
     floor_kind: str = ""
     floor_ratio: float = math.nan
     tuned_floor_ratio: float = math.nan
+    read_ms: float = math.nan
+    tuned_read_floor_ratio: float = math.nan
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -178,8 +182,9 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
                 return dataclasses.replace(row, einconv_max_rel_err=ein_err)
         del reference
         bottoms = floors(layer, op) if floor else {}
+        read = read_floor(layer, op) if floor else None
         fns = [ours, theirs] + ([auto] if auto is not None else []) + list(bottoms.values()) + \
-            ([ein] if ein is not None else [])
+            ([read] if read is not None else []) + ([ein] if ein is not None else [])
         for fn in fns:  # warm-up (tnconv: from the caches)
             fn()
         # which goes first rotates, and every call starts from caches the previous one did not warm
@@ -203,6 +208,10 @@ def measure(layer: Layer, op: str, repeats: int = 10, tolerance: float = TOLERAN
         extra.update(floor_ms=candidates[kind] * 1e3, floor_kind=kind, floor_ratio=t_ours / candidates[kind])
         if auto is not None:
             extra["tuned_floor_ratio"] = median[auto] / candidates[kind]
+        if read is not None:
+            extra["read_ms"] = median[read] * 1e3
+            if auto is not None:
+                extra["tuned_read_floor_ratio"] = median[auto] / (median[read] + candidates[kind])
     return Row(layer.net, layer.name, layer.kind, op, layer.batch, t_ours * 1e3, t_theirs * 1e3, t_ours / t_theirs,
                peaks[ours] / 1e6, peaks[theirs] / 1e6, err, einconv_max_rel_err=ein_err, einconv_skipped=skipped,
                threads=torch.get_num_threads(), **extra)
