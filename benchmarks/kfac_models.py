@@ -173,6 +173,30 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def run_workers(script, options, threads, keep_partial: bool) -> list:
+    """The JSON rows ``script --worker N`` prints, one subprocess per thread count ``N`` with
+    ``OMP_NUM_THREADS=N`` set before torch loads. With ``keep_partial`` a failed worker's error is
+    printed and the rows it measured before the failure are kept; without, it raises."""
+    rows = []
+    for n in threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(n), PYTHONPATH=str(ROOT))
+        result = subprocess.run([sys.executable, str(script), *options, "--worker", str(n)], env=env,
+                                capture_output=True, text=True, check=not keep_partial)
+        rows += [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        if result.returncode:
+            print(f"the {n}-thread run failed:\n{result.stderr[-4000:]}", file=sys.stderr)
+    return rows
+
+
+def write_rows(rows, path: pathlib.Path) -> None:
+    """``rows`` (dicts with the same keys) as a CSV at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main(argv=None) -> list:
     args = parse_args(argv)
     split = lambda s: [v for v in s.split(",") if v]  # noqa: E731
@@ -181,19 +205,10 @@ def main(argv=None) -> list:
                            args.repeats, args.worker):
             pass
         return []
-    rows = []
-    for threads in map(int, split(args.threads)):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, __file__, "--models", args.models, "--approx", args.approx, "--fisher", args.fisher,
-               "--batch", str(args.batch), "--size", str(args.size), "--repeats", str(args.repeats),
-               "--worker", str(threads)]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-        rows += [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    options = ["--models", args.models, "--approx", args.approx, "--fisher", args.fisher, "--batch", str(args.batch),
+               "--size", str(args.size), "--repeats", str(args.repeats)]
+    rows = run_workers(__file__, options, map(int, split(args.threads)), keep_partial=False)
+    write_rows(rows, args.out)
     print(table(rows))
     worst = max(r["max_rel_factor_diff"] for r in rows)
     print(f"\nlargest relative difference of a factor, tnconv vs curvlinops (float32): {worst:.1e}; wrote {args.out}")

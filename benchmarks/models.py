@@ -47,12 +47,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -277,22 +274,14 @@ def main(argv=None) -> list:
     if args.worker is not None:
         measure(split(args.models), split(args.ops), args.batch, args.size, args.repeats, args.worker)
         return []
-    rows = []
-    for threads in map(int, split(args.threads)):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, __file__, "--models", args.models, "--ops", args.ops, "--batch", str(args.batch),
-               "--size", str(args.size), "--repeats", str(args.repeats), "--worker", str(threads)]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        rows += [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-        if result.returncode:  # keep what was measured before the failure
-            print(f"the {threads}-thread run failed:\n{result.stderr[-4000:]}", file=sys.stderr)
+    from kfac_models import run_workers, write_rows
+
+    options = ["--models", args.models, "--ops", args.ops, "--batch", str(args.batch), "--size", str(args.size),
+               "--repeats", str(args.repeats)]
+    rows = run_workers(__file__, options, map(int, split(args.threads)), keep_partial=True)
     if not rows:
         raise SystemExit("nothing was measured")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out)
     print(table(rows))
     worst = max(r["max_rel_diff"] for r in rows)
     print(f"\nlargest relative difference of a result, tnconv vs a peer (float32): {worst:.1e}; wrote {args.out}")
