@@ -223,3 +223,12 @@ def check_grad_output(grad_output, expected, x, name="grad_output"):
     check_same(x, "x" if name != "x" else "weight", grad_output, name)
     if tuple(grad_output.shape) != tuple(expected):
         raise ValueError(f"{name} must have the convolution's output shape {tuple(expected)}, got {tuple(grad_output.shape)}")
+
+
+def check_sqrt_ggn(sqrt_ggn, batch: int, C_out: int, O: tuple, like) -> None:
+    """``sqrt_ggn`` must be ``[V, B, C_out, *O]`` (any ``V``) and like ``like`` (dtype, device)."""
+    check_tensor(sqrt_ggn, "sqrt_ggn")
+    if sqrt_ggn.ndim != len(O) + 3:
+        raise ValueError(f"sqrt_ggn must have shape [V, B, C_out, *O] = [V, {batch}, {C_out}, "
+                         f"{', '.join(map(str, O))}], got {tuple(sqrt_ggn.shape)}")
+    check_grad_output(sqrt_ggn, (sqrt_ggn.shape[0], batch, C_out) + tuple(O), like, "sqrt_ggn")

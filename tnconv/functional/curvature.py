@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._args import ConvSpec, check_size, check_tensor
-from ._common import (_check_groups, _check_output, _freeze, check_grad_output, check_transpose_output, compiled,
+from ._common import (_check_groups, _check_output, _freeze, check_sqrt_ggn, check_transpose_output, compiled,
                       conv_geometry, read_layout, spatial_dims, transpose_output_padding)
 from ._dispatch import compiling, op_hyper
 
@@ -120,11 +120,7 @@ def _ggn_args(x, weight_size, sqrt_ggn, stride, padding, dilation, groups):
     check_tensor(x, "x")
     weight_size = check_size(weight_size, "weight_size")
     N, spec, O = conv_geometry(x.shape, weight_size, stride, padding, dilation, groups, weight_name="weight_size")
-    check_tensor(sqrt_ggn, "sqrt_ggn")
-    if sqrt_ggn.ndim != x.ndim + 1:
-        raise ValueError(f"sqrt_ggn must have shape [V, B, C_out, *O] = [V, {x.shape[0]}, {weight_size[0]}, "
-                         f"{', '.join(map(str, O))}], got {tuple(sqrt_ggn.shape)}")
-    check_grad_output(sqrt_ggn, (sqrt_ggn.shape[0], x.shape[0], weight_size[0]) + O, x, "sqrt_ggn")
+    check_sqrt_ggn(sqrt_ggn, x.shape[0], weight_size[0], O, x)
     return dict(N=N, groups=spec.groups, **_freeze(spec))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._args import ConvSpec, check_size, check_tensor, ntuple
-from ._common import _check_groups, _freeze, check_grad_output, check_transpose_output, compiled, conv_geometry
+from ._common import _check_groups, _freeze, check_grad_output, check_sqrt_ggn, check_transpose_output, compiled, conv_geometry
 
 
 def _hyper(N, spec, **extra):
@@ -138,12 +138,7 @@ def ggn_diagonal_transpose(x, weight_size, sqrt_ggn, stride=1, padding=0, output
     check_tensor(x, "x", min_ndim=3)
     weight_size = check_size(weight_size, "weight_size", x.ndim)
     N, spec, op, O = transpose_geometry(x.shape, weight_size, stride, padding, output_padding, dilation, groups)
-    check_tensor(sqrt_ggn, "sqrt_ggn")
-    C_out = weight_size[1] * groups
-    if sqrt_ggn.ndim != x.ndim + 1:
-        raise ValueError(f"sqrt_ggn must have shape [V, B, C_out, *O] = [V, {x.shape[0]}, {C_out}, "
-                         f"{', '.join(map(str, O))}], got {tuple(sqrt_ggn.shape)}")
-    check_grad_output(sqrt_ggn, (sqrt_ggn.shape[0], x.shape[0], C_out) + O, x, "sqrt_ggn")
+    check_sqrt_ggn(sqrt_ggn, x.shape[0], weight_size[1] * groups, O, x)
     return compiled("ggn_diagonal_transpose", **_hyper(N, spec, output_padding=op))(x=x, sqrt_ggn=sqrt_ggn)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._args import check_same, check_size, check_tensor
-from ._common import _check_groups, _freeze, check_grad_output, compiled, conv_geometry, read_layout, spatial_dims
+from ._common import _check_groups, _freeze, check_grad_output, check_sqrt_ggn, compiled, conv_geometry, read_layout, spatial_dims
 
 
 def _hyper(N, spec):
@@ -76,10 +76,7 @@ def ggn_diagonal_input(weight, input_size, sqrt_ggn, stride=1, padding=0, dilati
     check_tensor(weight, "weight", min_ndim=3)
     input_size = check_size(input_size, "input_size")
     N, spec, O = conv_geometry(input_size, weight.shape, stride, padding, dilation, groups, x_name="input_size")
-    check_tensor(sqrt_ggn, "sqrt_ggn")
-    if sqrt_ggn.ndim != weight.ndim + 1:
-        raise ValueError(f"sqrt_ggn must have shape [V, B, C_out, *O], got {tuple(sqrt_ggn.shape)}")
-    check_grad_output(sqrt_ggn, (sqrt_ggn.shape[0], input_size[0], weight.shape[0]) + O, weight, "sqrt_ggn")
+    check_sqrt_ggn(sqrt_ggn, input_size[0], weight.shape[0], O, weight)
     fn = compiled("ggn_diagonal_input", input_size=tuple(input_size[2:]), **_hyper(N, spec))
     return fn(w=weight, sqrt_ggn=sqrt_ggn)
 
