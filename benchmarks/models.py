@@ -105,16 +105,7 @@ def per_sample_contenders(model_name: str, op: str, batch: int, size: int):
     fns["tnconv"] = tnconv
 
     if op in ("grad_batch", "batch_l2"):
-        from opacus import GradSampleModule
-        from opacus.grad_sample import GradSampleModuleFastGradientClipping
-
-        opacus_model = copy.deepcopy(model)
-        if op == "grad_batch":
-            gsm = GradSampleModule(opacus_model, loss_reduction="mean")
-        else:
-            gsm = GradSampleModuleFastGradientClipping(opacus_model, loss_reduction="mean", use_ghost_clipping=True)
-        names = {id(p): n for n, p in opacus_model.named_parameters()}
-        field = "grad_sample" if op == "grad_batch" else "_norm_sample"
+        gsm, names, field = opacus_module(copy.deepcopy(model), "hooks" if op == "grad_batch" else "ghost")
 
         def opacus():
             loss(gsm(x), y).backward()
@@ -152,11 +143,23 @@ def per_sample_contenders(model_name: str, op: str, batch: int, size: int):
     return fns, errors
 
 
-def opacus_contenders(model_name: str, mode: str, batch: int, size: int):
-    """Opacus' step (``mode`` ``"hooks"`` or ``"ghost"``) with tnconv's convolution samplers and with its own."""
+def opacus_module(model: nn.Module, mode: str):
+    """``(wrapped model, {id(parameter): name}, attribute)``: ``model`` in Opacus' ``GradSampleModule`` (``mode``
+    ``"hooks"``; per-sample gradients in ``grad_sample``) or with ghost clipping (``"ghost"``; norms in
+    ``_norm_sample``), mean reduction."""
     from opacus import GradSampleModule
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
+    if mode == "hooks":
+        gsm = GradSampleModule(model, loss_reduction="mean")
+    else:
+        gsm = GradSampleModuleFastGradientClipping(model, loss_reduction="mean", use_ghost_clipping=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return gsm, names, "grad_sample" if mode == "hooks" else "_norm_sample"
+
+
+def opacus_contenders(model_name: str, mode: str, batch: int, size: int):
+    """Opacus' step (``mode`` ``"hooks"`` or ``"ghost"``) with tnconv's convolution samplers and with its own."""
     from tnconv.integrations import opacus as tnconv_opacus
 
     torch.manual_seed(0)
@@ -165,13 +168,7 @@ def opacus_contenders(model_name: str, mode: str, batch: int, size: int):
     loss = nn.CrossEntropyLoss()
     fns = {}
     for name in ("tnconv", "opacus"):
-        copy_of = copy.deepcopy(model)
-        if mode == "hooks":
-            gsm = GradSampleModule(copy_of, loss_reduction="mean")
-        else:
-            gsm = GradSampleModuleFastGradientClipping(copy_of, loss_reduction="mean", use_ghost_clipping=True)
-        names = {id(p): n for n, p in copy_of.named_parameters()}
-        field = "grad_sample" if mode == "hooks" else "_norm_sample"
+        gsm, names, field = opacus_module(copy.deepcopy(model), mode)
 
         def step(gsm=gsm, names=names, field=field, ours=name == "tnconv"):
             if ours:
